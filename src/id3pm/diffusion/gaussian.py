@@ -1,0 +1,116 @@
+"""The Gaussian diffusion process. It takes the network's output as an argument and
+knows nothing about the network (as in openai/guided-diffusion).
+
+The network predicts the noise eps and, in 3 more channels, v in [-1, 1] that
+interpolates the reverse-step log-variance between beta_tilde_t and beta_t
+("learned range", improved DDPM). Training uses the hybrid loss
+L_simple + lambda * L_vlb with lambda = 0.001 and a stop-gradient on the mean in
+L_vlb, so that L_vlb only trains the variance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from id3pm.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
+
+
+class GaussianDiffusion:
+    def __init__(self, betas: np.ndarray, timestep_map: np.ndarray | None = None, full_betas: np.ndarray | None = None):
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError("betas must be a 1-D array in (0, 1]")
+        self.betas = betas
+        self.num_timesteps = len(betas)
+        # Index i of this (possibly respaced) process -> timestep the network was trained with.
+        self.timestep_map = np.arange(self.num_timesteps) if timestep_map is None else np.asarray(timestep_map)
+        # The betas of the process the network was trained on (differs from `betas` once respaced).
+        self.full_betas = betas if full_betas is None else np.asarray(full_betas, dtype=np.float64)
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        # q(x_{t-1} | x_t, x_0) = N(coef1 * x_0 + coef2 * x_t, beta_tilde_t)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # beta_tilde_0 = 0: take beta_tilde_1 for the log so that it stays finite.
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+
+    # -- helpers --------------------------------------------------------------
+    @staticmethod
+    def _at(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """arr[t] as a float32 tensor broadcastable against `like` (B, ...)."""
+        values = torch.as_tensor(arr, device=t.device)[t].to(torch.float32)
+        return values.view(-1, *([1] * (like.ndim - 1)))
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Timesteps to feed the network for process indices t."""
+        return torch.as_tensor(self.timestep_map, device=t.device)[t]
+
+    # -- forward process -------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        acp = self._at(self.alphas_cumprod, t, x0)
+        return acp.sqrt() * x0 + (1 - acp).sqrt() * noise
+
+    def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
+        mean = self._at(self.posterior_mean_coef1, t, xt) * x0 + self._at(self.posterior_mean_coef2, t, xt) * xt
+        return mean, self._at(self.posterior_log_variance_clipped, t, xt)
+
+    # -- reverse process ---------------------------------------------------------
+    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        acp = self._at(self.alphas_cumprod, t, xt)
+        return (xt - (1 - acp).sqrt() * eps) / acp.sqrt()
+
+    def predict_eps(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        acp = self._at(self.alphas_cumprod, t, xt)
+        return (xt - acp.sqrt() * x0) / (1 - acp).sqrt()
+
+    def model_log_variance(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Learned range: log sigma^2 = f log beta_t + (1 - f) log beta_tilde_t, f = (v + 1) / 2."""
+        frac = (v + 1) / 2
+        max_log = self._at(np.log(self.betas), t, v)
+        min_log = self._at(self.posterior_log_variance_clipped, t, v)
+        return frac * max_log + (1 - frac) * min_log
+
+    def p_mean_variance(self, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, clip: bool = True) -> dict:
+        """Mean and log-variance of p(x_{t-1} | x_t) from the network output (B, 6, H, W)."""
+        eps, v = model_output[:, :3], model_output[:, 3:6]
+        x0 = self.predict_x0(xt, t, eps)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        mean, _ = self.q_posterior(x0, xt, t)
+        return {"mean": mean, "log_variance": self.model_log_variance(v, t), "pred_x0": x0, "eps": eps}
+
+    # -- training ------------------------------------------------------------------
+    def vb_term(self, model_output: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """L_{t-1} of the variational bound per sample, in bits per dimension:
+        KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0, the decoder NLL -log p(x_0|x_1) at t = 0."""
+        true_mean, true_logvar = self.q_posterior(x0, xt, t)
+        out = self.p_mean_variance(model_output, xt, t, clip=False)
+        kl = normal_kl(true_mean, true_logvar, out["mean"], out["log_variance"])
+        kl = kl.mean(dim=(1, 2, 3)) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+        nll = nll.mean(dim=(1, 2, 3)) / math.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    def training_losses(
+        self,
+        model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        vlb_weight: float = 0.001,
+    ) -> dict:
+        """Hybrid loss per sample: mean squared eps error + vlb_weight * T * L_{t-1}
+        (L_vlb sums T terms; sampling one t uniformly estimates it as T * L_{t-1})."""
+        xt = self.q_sample(x0, t, noise)
+        output = model_fn(xt, self.model_timesteps(t)).float()
+        eps, v = output[:, :3], output[:, 3:6]
+        mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+        # Stop-gradient on eps: L_vlb trains only the variance (improved DDPM, Sec. 3.1).
+        vb = self.vb_term(torch.cat([eps.detach(), v], dim=1), x0, xt, t)
+        return {"loss": mse + vlb_weight * self.num_timesteps * vb, "mse": mse, "vb": vb}

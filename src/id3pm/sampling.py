@@ -1,0 +1,179 @@
+"""Samplers: short plain functions with one signature (as in k-diffusion).
+
+    sampler(denoise, diffusion, x, generators, clip=True, progress=False) -> x_0
+
+- denoise(x_t, t) returns the network output (B, 6, H, W) for ORIGINAL timesteps t,
+  classifier-free guidance already applied (see `guided_denoiser`);
+- diffusion is the (respaced) GaussianDiffusion whose steps the sampler walks;
+- x is the initial noise x_T; generators holds one torch.Generator per image, so
+  image i draws the same noise whatever batch it is in.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from id3pm.diffusion import GaussianDiffusion
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_image_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
+    """Standard normal noise of shape (len(generators), *shape), row i from generators[i]."""
+    rows = [torch.randn(shape, generator=g, device=g.device) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+def make_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    # Generators live on the CPU so that a seed means the same picture on every device.
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def guided_denoiser(
+    model: torch.nn.Module,
+    id_vectors: torch.Tensor,
+    guidance_scale: float,
+    attributes: torch.Tensor | None = None,
+    attr_mask: torch.Tensor | None = None,
+) -> Denoiser:
+    """Classifier-free guidance: eps = eps_u + s (eps_c - eps_u) on the noise channels;
+    the variance channels come from the conditional pass (as in GLIDE). The conditional
+    and unconditional passes go through the network in ONE batched forward."""
+    batch = id_vectors.shape[0]
+
+    def cond_args(n_copies: int, drop: list[bool]):
+        drop_id = torch.tensor(sum([[d] * batch for d in drop], []), device=id_vectors.device)
+        rep = lambda a: None if a is None else a.repeat(n_copies, *([1] * (a.ndim - 1)))  # noqa: E731
+        return dict(id_vector=rep(id_vectors), drop_id=drop_id, attributes=rep(attributes), attr_mask=rep(attr_mask))
+
+    if guidance_scale == 1.0:  # conditional only: half the work
+        args = cond_args(1, [False])
+        return lambda x, t: model(x, t, **args)
+    if guidance_scale == 0.0:  # unconditional only
+        args = cond_args(1, [True])
+        return lambda x, t: model(x, t, **args)
+    args = cond_args(2, [False, True])
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = model(torch.cat([x, x]), torch.cat([t, t]), **args)
+        cond, uncond = out[:batch], out[batch:]
+        eps = uncond[:, :3] + guidance_scale * (cond[:, :3] - uncond[:, :3])
+        return torch.cat([eps, cond[:, 3:]], dim=1)
+
+    return denoise
+
+
+def _steps(diffusion: GaussianDiffusion, progress: bool):
+    indices = list(range(diffusion.num_timesteps))[::-1]
+    return tqdm(indices, desc="sampling", leave=False) if progress else indices
+
+
+def _t(i: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+
+
+@torch.no_grad()
+def sample_ddpm(denoise: Denoiser, diffusion: GaussianDiffusion, x, generators, clip=True, progress=False):
+    """Ancestral sampling with the learned variance; on a respaced process this is the
+    paper's fast mode ("respaced DDPM")."""
+    for i in _steps(diffusion, progress):
+        t = _t(i, x)
+        out = diffusion.p_mean_variance(denoise(x, diffusion.model_timesteps(t)).float(), x, t, clip=clip)
+        x = out["mean"]
+        if i > 0:
+            x = x + torch.exp(0.5 * out["log_variance"]) * per_image_noise(generators, x.shape[1:], x.device)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoise: Denoiser, diffusion: GaussianDiffusion, x, generators, clip=True, progress=False, eta=0.0):
+    """DDIM (Song et al. 2021); eta = 0 is deterministic given x_T."""
+    for i in _steps(diffusion, progress):
+        t = _t(i, x)
+        eps = denoise(x, diffusion.model_timesteps(t)).float()[:, :3]
+        x0 = diffusion.predict_x0(x, t, eps)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = diffusion.predict_eps(x, t, x0)
+        acp = diffusion.alphas_cumprod[i]
+        acp_prev = diffusion.alphas_cumprod_prev[i]
+        sigma = eta * np.sqrt((1 - acp_prev) / (1 - acp) * (1 - acp / acp_prev))
+        x = np.sqrt(acp_prev) * x0 + np.sqrt(1 - acp_prev - sigma**2) * eps
+        if sigma > 0 and i > 0:
+            x = x + sigma * per_image_noise(generators, x.shape[1:], x.device)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoise: Denoiser, diffusion: GaussianDiffusion, x, generators, clip=True, progress=False):
+    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, multistep; the last step
+    goes to sigma = 0 with the first-order update, i.e. returns the final x_0 estimate."""
+    acp = diffusion.alphas_cumprod
+    alpha, sigma = np.sqrt(acp), np.sqrt(1 - acp)
+    lam = np.log(alpha) - np.log(sigma)
+    prev_x0, prev_h = None, None
+    for i in _steps(diffusion, progress):
+        t = _t(i, x)
+        x0 = diffusion.predict_x0(x, t, denoise(x, diffusion.model_timesteps(t)).float()[:, :3])
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        if i == 0:
+            return x0
+        h = lam[i - 1] - lam[i]
+        d = x0
+        if prev_x0 is not None:
+            r = prev_h / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
+        x = (sigma[i - 1] / sigma[i]) * x - alpha[i - 1] * np.expm1(-h) * d
+        prev_x0, prev_h = x0, h
+    return x
+
+
+def diffusers_sampler(scheduler_cls_name: str, **scheduler_kwargs):
+    """Any deterministic multistep scheduler of diffusers (UniPC, DEIS, ...) as a sampler
+    of our signature, driven by our betas and our kept timesteps."""
+
+    @torch.no_grad()
+    def sample(denoise: Denoiser, diffusion: GaussianDiffusion, x, generators, clip=True, progress=False):
+        import diffusers
+
+        full_betas = diffusion.full_betas
+        scheduler = getattr(diffusers, scheduler_cls_name)(
+            num_train_timesteps=len(full_betas),
+            trained_betas=full_betas.tolist(),
+            prediction_type="epsilon",
+            thresholding=False,
+            **scheduler_kwargs,
+        )
+        if "timesteps" in inspect.signature(scheduler.set_timesteps).parameters:
+            scheduler.set_timesteps(timesteps=[int(t) for t in diffusion.timestep_map[::-1]])
+        else:  # schedulers without custom timesteps space the same number of steps themselves
+            scheduler.set_timesteps(num_inference_steps=diffusion.num_timesteps)
+        steps = tqdm(scheduler.timesteps, desc="sampling", leave=False) if progress else scheduler.timesteps
+        for t in steps:
+            tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+            eps = denoise(x, tt).float()[:, :3]
+            x = scheduler.step(eps, t, x).prev_sample
+        return x.clamp(-1, 1) if clip else x
+
+    return sample
+
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "unipc": diffusers_sampler("UniPCMultistepScheduler", final_sigmas_type="zero"),
+}
+
+
+def get_sampler(name: str) -> Callable:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
