@@ -1,0 +1,127 @@
+"""A face-recognition model behind an HTTP service: the purest black box.
+
+Protocol (what `id3pm serve` speaks at /v1/embed):
+  POST <url>  {"images": [<base64 PNG>, ...], "aligned": false}
+  200         {"vectors": [[float, ...] | null, ...], "errors": [null | "reason", ...]}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import numpy as np
+
+from id3pm.encoders.base import EncodeResult, Encoder
+from id3pm.images import ImageError, check_rgb, png_bytes
+
+
+class RemoteError(RuntimeError):
+    pass
+
+
+class RemoteEncoder(Encoder):
+    name = "remote"
+    crop = None  # the service finds and crops faces itself
+
+    def __init__(
+        self,
+        url: str,  # endpoint, e.g. http://127.0.0.1:8000/v1/embed
+        dim: int | None = None,  # expected vector length (None: learn it from the first reply)
+        timeout: float = 30.0,  # seconds per request
+        retries: int = 3,  # extra attempts on connection errors, 429 and 5xx
+        backoff: float = 0.5,  # seconds before the first retry, doubled each time
+        token: str | None = None,  # Bearer token
+        batch_size: int = 16,  # images per request
+        distance: str = "euclidean",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.token, self.batch_size, self.distance = token, batch_size, distance
+        self.dim = int(dim) if dim else 0
+
+    def spec(self) -> dict:
+        return {"name": self.name, "url": self.url, "dim": self.dim, "timeout": self.timeout, "distance": self.distance}
+
+    def encode_crops(self, crops):  # pragma: no cover - encode() is overridden
+        raise NotImplementedError
+
+    def _post(self, payload: dict) -> dict:
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        delay, last = self.backoff, None
+        for attempt in range(self.retries + 1):
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    raise RemoteError(f"{self.url}: reply is not JSON ({raw[:80]!r})") from None
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace')}"
+                if e.code != 429 and e.code < 500:
+                    raise RemoteError(f"{self.url}: {last}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            if attempt < self.retries:
+                time.sleep(delay)
+                delay *= 2
+        raise RemoteError(f"{self.url}: no valid reply after {self.retries + 1} attempts ({last})")
+
+    def _check_reply(self, reply, n: int) -> tuple[list, list]:
+        if not isinstance(reply, dict) or not isinstance(reply.get("vectors"), list):
+            raise RemoteError(f"{self.url}: reply has no 'vectors' list")
+        vectors = reply["vectors"]
+        errors = reply.get("errors") or [None] * len(vectors)
+        if len(vectors) != n or len(errors) != n:
+            raise RemoteError(f"{self.url}: asked for {n} vectors, got {len(vectors)}")
+        for v in vectors:
+            if v is None:
+                continue
+            if not isinstance(v, list) or not all(isinstance(x, (int, float)) for x in v):
+                raise RemoteError(f"{self.url}: a vector is not a list of numbers")
+            if not self.dim:
+                self.dim = len(v)
+            if len(v) != self.dim:
+                raise RemoteError(f"{self.url}: vector of length {len(v)}, expected {self.dim}")
+        return vectors, errors
+
+    def encode(self, images: Sequence[np.ndarray], aligned: bool = False, keys: Sequence[str] | None = None):
+        names = list(keys) if keys is not None else [f"image {i}" for i in range(len(images))]
+        rows: list = [None] * len(images)
+        errors: list = [None] * len(images)
+        todo = []
+        for i, img in enumerate(images):
+            try:
+                check_rgb(img, names[i])
+                todo.append(i)
+            except ImageError as e:
+                errors[i] = str(e)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            payload = {
+                "images": [base64.b64encode(png_bytes(images[i], synthetic=False)).decode() for i in chunk],
+                "aligned": aligned,
+            }
+            vectors, errs = self._check_reply(self._post(payload), len(chunk))
+            for i, v, e in zip(chunk, vectors, errs):
+                if v is None:
+                    errors[i] = f"{names[i]}: {e or 'the service returned no vector'}"
+                elif not np.isfinite(v).all():
+                    errors[i] = f"{names[i]}: the service returned a non-finite vector"
+                else:
+                    rows[i] = v
+        out = np.full((len(images), self.dim), np.nan, dtype=np.float32)
+        for i, v in enumerate(rows):
+            if v is not None:
+                out[i] = v
+        return EncodeResult(out, errors, [None] * len(images))
