@@ -1,0 +1,81 @@
+"""Training checkpoints that survive a kill: model, EMA, optimizer and step, all as
+safetensors + JSON (no pickle), written to a temporary folder and swapped in by
+rename. All training randomness is derived from (seed, step), so these four are
+everything an exact resume needs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from id3pm.files import atomic_write_json, read_json
+
+
+def _flat_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{name}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"state.{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, ema: dict, optimizer, state: dict) -> None:
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in ema.items()}, tmp / "ema.safetensors")
+    opt_tensors, opt_meta = _flat_optimizer_state(optimizer)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    atomic_write_json(tmp / "optimizer.json", opt_meta)
+    atomic_write_json(tmp / "state.json", state)
+    # Swap: the old checkpoint stays until the new one is complete.
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(folder: str | Path) -> Path | None:
+    """The complete checkpoint, also after a crash between the two renames."""
+    folder = Path(folder)
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if (candidate / "state.json").exists():
+            return candidate
+    return None
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, ema: dict, optimizer, device) -> dict:
+    model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)))
+    for k, v in load_file(folder / "ema.safetensors", device=str(device)).items():
+        ema[k].copy_(v)
+    opt_tensors = load_file(folder / "optimizer.safetensors", device=str(device))
+    _restore_optimizer_state(optimizer, opt_tensors, read_json(folder / "optimizer.json"))
+    return read_json(folder / "state.json")
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))

@@ -1,0 +1,54 @@
+"""A trained model on disk: what `id3pm train` writes and everything else loads.
+
+    MODEL_DIR/
+      id3pm.json                 what the network means: task, image size, noise
+                                 schedule, conditioning encoder, attribute statistics
+      unet/config.json           the network's constructor arguments
+      unet/*.safetensors         the EMA weights (sharded when large)
+
+Weights are only ever read from safetensors: never unpickle a file a user hands us.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from id3pm.files import atomic_write_json, read_json
+from id3pm.models import IDConditionedUNet
+
+FORMAT = "id3pm-model/1"
+
+# Network sizes. "base" is the reference model; "small" fits a laptop CPU demo; "tiny" is for tests.
+PRESETS = {
+    "tiny": dict(block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=32, norm_num_groups=8, dropout=0.0),
+    "small": dict(block_out_channels=(64, 128, 128, 256), layers_per_block=2, attention_head_dim=64, norm_num_groups=32, dropout=0.1),
+    "base": dict(block_out_channels=(96, 192, 256, 384), layers_per_block=2, attention_head_dim=64, norm_num_groups=32, dropout=0.1),
+}
+
+
+def save_model_dir(path: str | Path, model: IDConditionedUNet, info: dict, max_shard_size: str = "15MB") -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path / "unet", safe_serialization=True, max_shard_size=max_shard_size)
+    atomic_write_json(path / "id3pm.json", {"format": FORMAT, **info})
+    return path
+
+
+def read_info(path: str | Path) -> dict:
+    path = Path(path)
+    if not (path / "id3pm.json").exists():
+        raise FileNotFoundError(f"{path}: not an id3pm model folder (no id3pm.json)")
+    info = read_json(path / "id3pm.json")
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported model format {info.get('format')!r}")
+    return info
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(network in eval mode, info dict)."""
+    path = Path(path)
+    info = read_info(path)
+    model = IDConditionedUNet.from_pretrained(path / "unet", use_safetensors=True, local_files_only=True)
+    return model.to(device=device, dtype=dtype).eval(), info
