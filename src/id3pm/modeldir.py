@@ -50,5 +50,5 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", dtype: 
     """(network in eval mode, info dict)."""
     path = Path(path)
     info = read_info(path)
-    model = IDConditionedUNet.from_pretrained(path / "unet", use_safetensors=True, local_files_only=True)
-    return model.to(device=device, dtype=dtype).eval(), info
+    model = IDConditionedUNet.from_pretrained(path / "unet", use_safetensors=True, local_files_only=True, torch_dtype=dtype)
+    return model.to(device).eval(), info

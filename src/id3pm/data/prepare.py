@@ -53,6 +53,7 @@ class PrepareConfig:
     image_format: str = "webp"  # storage format of crops: webp, png or jpeg
     quality: int = 95  # webp/jpeg quality
     multiple_faces: str = "error"  # photos with several faces: "error" (skip) or "largest"
+    aligned: bool = False  # inputs are already canonical crops: no detection, only a centre square resize
     limit: int | None = None  # only the first N files (for tries)
 
 
@@ -81,6 +82,12 @@ def encode_image(img: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def centre_square(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = min(h, w)
+    return img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+
+
 # -- worker side -------------------------------------------------------------------
 _WORKER: dict = {}
 
@@ -103,8 +110,12 @@ def process_one(key: str) -> dict:
     try:
         meta = _WORKER["meta"](key) if _WORKER["meta"] else {}
         photo = load_image(os.path.join(cfg.src, key), name=key)
-        face = _WORKER["aligner"].align(photo, CANONICAL_SIZE, multiple=cfg.multiple_faces, name=key)
-        enc = _WORKER["encoder"].encode([face.crop], aligned=True, keys=[key])
+        if cfg.aligned:  # already canonical: keep the source resolution, no detour through 256 px
+            crop, num_faces = centre_square(photo), 1
+        else:
+            face = _WORKER["aligner"].align(photo, CANONICAL_SIZE, multiple=cfg.multiple_faces, name=key)
+            crop, num_faces = face.crop, face.num_faces
+        enc = _WORKER["encoder"].encode([crop], aligned=True, keys=[key])
         if enc.errors[0]:
             return {"key": key, "skip": enc.errors[0]}
         row = {
@@ -112,12 +123,12 @@ def process_one(key: str) -> dict:
             "split": split_of(key, cfg.holdout),
             "id_vector": enc.vectors[0].tolist(),
             "meta": meta,
-            "warning": f"{face.num_faces} faces found, used the largest" if face.num_faces > 1 else None,
+            "warning": f"{num_faces} faces found, used the largest" if num_faces > 1 else None,
         }
         for size in cfg.sizes:
-            row[f"image_{size}"] = encode_image(resize(face.crop, size), cfg.image_format, cfg.quality)
+            row[f"image_{size}"] = encode_image(resize(crop, size), cfg.image_format, cfg.quality)
         if cfg.attributes:
-            row["attributes"] = _WORKER["attrs"].estimate_aligned(face.crop).tolist()
+            row["attributes"] = _WORKER["attrs"].estimate_aligned(crop).tolist()
         return row
     except (ImageError, MetadataError) as e:
         return {"key": key, "skip": str(e)}
@@ -245,7 +256,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
         "id_dim": probe.dim,
         "distance": probe.distance,
         "sizes": list(cfg.sizes),
-        "alignment": {"kind": "dlib-5-point-chip", "padding": CANONICAL_PADDING},
+        "alignment": {"kind": "given" if cfg.aligned else "dlib-5-point-chip", "padding": CANONICAL_PADDING},
         "image_format": cfg.image_format,
         "holdout_fraction": cfg.holdout,
         "attributes": attr_names,

@@ -48,6 +48,7 @@ class Encoder(ABC):
     dim: int = 0
     crop: Crop | None = Crop(150, 0.25)  # None: the encoder is not pixel-based (table lookup)
     distance: str = "euclidean"  # how identity distance is measured: "euclidean" or "cosine"
+    encodes_pixels: bool = True  # False for a lookup table: it cannot judge new (generated) images
 
     def __init__(self, aligner: FaceAligner | None = None, multiple_faces: str = "largest"):
         self.aligner = aligner or FaceAligner()

@@ -52,6 +52,7 @@ def key_variants(key: str) -> list[str]:
 class TableEncoder(Encoder):
     name = "table"
     crop = None
+    encodes_pixels = False
 
     def __init__(self, path: str, distance: str = "euclidean", **kwargs):
         super().__init__(**kwargs)

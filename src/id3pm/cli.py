@@ -1,0 +1,258 @@
+"""The `id3pm` command. Each subcommand parses its flags and calls the package."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+COMMANDS: dict = {}
+
+
+def command(name: str, help: str):
+    def register(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+
+    return register
+
+
+def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None:
+    p.add_argument("--model", help="model folder (default: the shipped reference model)")
+    p.add_argument("-n", "--num-images", type=int, default=n_default, help="samples per identity")
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale s")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, dpmpp_2m, unipc")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", default="out", help="output folder")
+
+
+def load_pipeline(args):
+    from id3pm.pipeline import ID3PMPipeline
+
+    return ID3PMPipeline.from_pretrained(args.model, device=args.device)
+
+
+def generate_and_write(pipe, args, names, vectors, references, skipped, extra: dict | None = None) -> dict:
+    """Shared tail of invert and sample: generate, measure identity distance, write."""
+    from id3pm.images import resize
+    from id3pm.outputs import write_identity, write_job_sheet, write_results
+
+    out_dir = Path(args.out)
+    t0 = time.time()
+    result = pipe(vectors, num_images_per_id=args.num_images, guidance_scale=args.guidance,
+                  num_inference_steps=args.steps, sampler=args.sampler, seed=args.seed,
+                  batch_size=args.batch_size, progress=True)
+    seconds = time.time() - t0
+    distances = pipe.identity_distances(result.images, vectors)
+    items, rows = [], []
+    for i, name in enumerate(names):
+        ref = None if references[i] is None else resize(references[i], pipe.image_size)
+        items.append(write_identity(out_dir, name, result.images[i], result.seeds, result.params, distances[i], ref))
+        rows.append(([ref] if any(r is not None for r in references) else []) + list(result.images[i]))
+    header = (["input"] if any(r is not None for r in references) else []) + [f"seed {s}" for s in result.seeds]
+    write_job_sheet(out_dir, rows, names, result.params, header)
+    finite = distances[np.isfinite(distances)]
+    payload = {
+        "params": result.params,
+        "distance": pipe.info.get("distance", "euclidean"),
+        "items": items,
+        "skipped": skipped,
+        "mean_identity_distance": float(finite.mean()) if finite.size else None,
+        "seconds": round(seconds, 2),
+        "seconds_per_image": round(seconds / max(1, result.images.shape[0] * result.images.shape[1]), 3),
+        "synthetic": True,
+        **(extra or {}),
+    }
+    write_results(out_dir, payload)
+    return payload
+
+
+def unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
+
+
+def report(payload: dict, out: str) -> None:
+    for s in payload["skipped"]:
+        print(f"skipped: {s}", file=sys.stderr)
+    mean = payload["mean_identity_distance"]
+    print(f"wrote {sum(len(i['files']) for i in payload['items'])} images to {out} "
+          f"({payload['seconds_per_image']} s/image); mean identity distance "
+          f"({payload['distance']}): {'n/a' if mean is None else f'{mean:.4f}'}; sheet: {out}/sheet.png")
+
+
+@command("invert", "generate faces of the identities in photos")
+def cmd_invert(args):
+    from id3pm.images import ImageError, load_image
+    from id3pm.outputs import safe_name
+
+    pipe = load_pipeline(args)
+    paths, photos, skipped = [], [], []
+    for path in args.images:
+        try:
+            photos.append(load_image(path))
+            paths.append(str(path))
+        except ImageError as e:
+            skipped.append(str(e))
+    enc = pipe.encode(photos, aligned=args.aligned, keys=paths)
+    keep = [i for i, e in enumerate(enc.errors) if e is None]
+    skipped += [e for e in enc.errors if e is not None]
+    if not keep:
+        print("nothing to invert: " + "; ".join(skipped), file=sys.stderr)
+        return 1
+    names = unique_names([safe_name(p) for p in paths])
+    refs = []
+    for i in keep:  # the input's canonical crop, shown next to the samples
+        refs.append(photos[i] if args.aligned else pipe.encoder.aligner.align(photos[i]).crop)
+    payload = generate_and_write(pipe, args, [names[i] for i in keep], enc.vectors[keep], refs, skipped,
+                                 {"inputs": [paths[i] for i in keep]})
+    report(payload, args.out)
+    return 0
+
+
+def _invert_flags(p):
+    p.add_argument("images", nargs="+", help="face photos")
+    p.add_argument("--aligned", action="store_true", help="inputs are already canonical crops (no detection)")
+    add_generation_flags(p)
+
+
+@command("sample", "generate faces from identity vectors in a file")
+def cmd_sample(args):
+    from id3pm.encoders import check_vectors
+    from id3pm.outputs import read_vectors, safe_name
+
+    pipe = load_pipeline(args)
+    keys, vectors = read_vectors(args.vectors)
+    good, skipped = [], []
+    for i, key in enumerate(keys):
+        try:
+            check_vectors(vectors[i], pipe.id_dim, f"{args.vectors}: {key}")
+            good.append(i)
+        except ValueError as e:
+            skipped.append(str(e))
+    if not good:
+        print("no usable vectors: " + "; ".join(skipped), file=sys.stderr)
+        return 1
+    names = unique_names([safe_name(keys[i]) for i in good])
+    payload = generate_and_write(pipe, args, names, np.stack([vectors[i] for i in good]), [None] * len(good), skipped)
+    report(payload, args.out)
+    return 0
+
+
+def _sample_flags(p):
+    p.add_argument("--vectors", required=True, help=".npy, .json, .npz, .csv or .parquet of identity vectors")
+    add_generation_flags(p)
+
+
+@command("prepare", "align, encode and store a folder of face photos for training")
+def cmd_prepare(args):
+    from id3pm.data import PrepareConfig, prepare
+    from id3pm.encoders import parse_encoder_spec
+
+    i, n = (int(v) for v in args.shard.split("/"))
+    if not 0 <= i < n:
+        raise SystemExit(f"--shard {args.shard}: expected i/n with 0 <= i < n")
+    sizes = tuple(int(s) for s in (args.sizes or str(args.size)).split(","))
+    cfg = PrepareConfig(
+        src=args.src, out=args.out, encoder=parse_encoder_spec(args.encoder), sizes=sizes, holdout=args.holdout,
+        workers=args.workers, metadata=args.metadata, attributes=tuple(a for a in args.attributes.split(",") if a),
+        shard=(i, n), chunk=args.chunk, image_format=args.image_format, quality=args.quality,
+        multiple_faces=args.multiple_faces, limit=args.limit, aligned=args.aligned,
+    )
+    m = prepare(cfg)
+    run = m["last_run"]
+    print(f"{run['written']} written, {run['skipped']} skipped, {run['already_done']} already done "
+          f"in {run['seconds']} s ({run['images_per_second']} images/s, {run['workers']} workers)")
+    print(f"data set: {m['counts']['train']} train, {m['counts']['holdout']} holdout; skipped by reason: {m['skipped']}")
+    for cat, examples in m["skip_examples"].items():
+        for e in examples[:3]:
+            print(f"  {cat}: {e}")
+    return 0
+
+
+def _prepare_flags(p):
+    p.add_argument("src", help="folder of face photos (recursive)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--encoder", default="dlib", help="dlib | onnx:path=F.onnx,... | remote:url=... | table:path=...")
+    p.add_argument("--size", type=int, default=64, help="crop side")
+    p.add_argument("--sizes", help="several crop sides, e.g. 64,128 (super-resolution)")
+    p.add_argument("--holdout", type=float, default=0.05, help="held-out fraction (by hash of the file name)")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    p.add_argument("--metadata", help="utkface or csv:PATH")
+    p.add_argument("--attributes", default="", help="pose,expression")
+    p.add_argument("--shard", default="0/1", help="i/n: this machine's part of the folder")
+    p.add_argument("--chunk", type=int, default=1000, help="images per Parquet shard")
+    p.add_argument("--image-format", default="webp", choices=["webp", "png", "jpeg"])
+    p.add_argument("--quality", type=int, default=95)
+    p.add_argument("--multiple-faces", default="error", choices=["error", "largest"])
+    p.add_argument("--limit", type=int, help="only the first N files")
+    p.add_argument("--aligned", action="store_true", help="photos are already canonical crops: skip detection")
+
+
+@command("train", "train a model on a prepared data set")
+def cmd_train(args):
+    from id3pm.training import TrainConfig, train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if isinstance(values.get("model"), str):
+        values["model"] = json.loads(values["model"])
+    result = train(TrainConfig(**values))
+    print(json.dumps(result))
+    return 0
+
+
+def _train_flags(p):
+    from id3pm.training import TrainConfig
+
+    p.add_argument("data", help="prepared data set folder")
+    p.add_argument("out", help="run folder (rerun the same command to resume)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "out"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                           help=f"true/false (default {default})")
+        elif f.name == "model":
+            p.add_argument(flag, dest=f.name, default=None, help='JSON overrides of the network, e.g. {"dropout": 0}')
+        else:
+            p.add_argument(flag, dest=f.name, type=type(default), default=None, help=f"default {default}")
+
+
+SETUP = {"invert": _invert_flags, "sample": _sample_flags, "prepare": _prepare_flags, "train": _train_flags}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="id3pm", description="Invert black-box face recognition models via diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (fn, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        SETUP[name](p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"id3pm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

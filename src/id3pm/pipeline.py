@@ -1,0 +1,180 @@
+"""The inversion pipeline: identity vectors (or face photos) in, face images out.
+
+    pipe = ID3PMPipeline.from_pretrained("runs/utk/model")
+    out = pipe(vectors, num_images_per_id=4, guidance_scale=2.0, num_inference_steps=25, seed=0)
+    out.images  # (N, 4, 64, 64, 3) uint8, canonical crops
+
+Image i of seed s starts from the noise of generator seed s + i and draws all its
+later noise from it, so it is the same picture whatever the batch size, and the
+same seeds across identities or guidance scales give comparable pictures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from id3pm.diffusion import GaussianDiffusion, make_betas, respace, space_timesteps
+from id3pm.encoders import EncodeResult, Encoder, check_vectors, identity_distance, make_encoder
+from id3pm.images import tensor_to_uint8
+from id3pm.modeldir import load_model_dir
+from id3pm.sampling import get_sampler, guided_denoiser, make_generators, per_image_noise
+
+DEFAULT_SAMPLER = "dpmpp_2m"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def shipped_model_path() -> Path | None:
+    """The reference model shipped in the repository's weights/ folder, if present."""
+    here = Path(__file__).resolve()
+    for root in (here.parents[2], Path.cwd()):
+        candidate = root / "weights" / "id3pm-utkface-64"
+        if (candidate / "id3pm.json").exists():
+            return candidate
+    return None
+
+
+@dataclass
+class PipelineOutput:
+    images: np.ndarray  # (N, K, H, W, 3) uint8: K samples for each of N identities
+    seeds: list[int]  # seed of each of the K columns
+    params: dict = field(default_factory=dict)  # what produced them (for PNG metadata and JSON)
+
+
+class ID3PMPipeline:
+    def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu", encoder: Encoder | None = None):
+        self.model = model
+        self.info = info
+        self.device = torch.device(device)
+        self.diffusion = GaussianDiffusion(make_betas(info["diffusion"]["schedule"], info["diffusion"]["num_timesteps"]))
+        self._encoder = encoder
+        self.image_size = int(info["image_size"])
+        self.id_dim = int(info["id_dim"])
+        self.model_path: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, dtype: torch.dtype = torch.float32):
+        """Load a model folder; path=None takes the shipped reference model."""
+        if path is None:
+            path = shipped_model_path()
+            if path is None:
+                raise FileNotFoundError("no model given and no shipped model in weights/: pass --model DIR")
+        device = device or default_device()
+        model, info = load_model_dir(path, device=device, dtype=dtype)
+        if info.get("task") not in ("base", "regression"):
+            raise ValueError(f"{path}: a {info.get('task')!r} model is not an identity-conditioned generator")
+        pipe = cls(model, info, device)
+        pipe.model_path = str(path)
+        return pipe
+
+    # -- the black box --------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder the model was conditioned on (built lazily)."""
+        if self._encoder is None:
+            self._encoder = make_encoder(dict(self.info["encoder"]))
+        return self._encoder
+
+    def encode(self, images: Sequence[np.ndarray], aligned: bool = False, keys=None) -> EncodeResult:
+        return self.encoder.encode(images, aligned=aligned, keys=keys)
+
+    def identity_distances(self, images: np.ndarray, id_vectors: np.ndarray) -> np.ndarray:
+        """(N, K) distance of each generated image to its identity vector under the
+        conditioning encoder (NaN where the encoder fails on an image)."""
+        n, k = images.shape[:2]
+        if not self.encoder.encodes_pixels:  # a lookup table cannot encode new images
+            return np.full((n, k), np.nan)
+        flat = list(images.reshape(n * k, *images.shape[2:]))
+        vectors = self.encoder.encode(flat, aligned=True).vectors.reshape(n, k, -1)
+        return identity_distance(vectors, np.asarray(id_vectors)[:, None, :], self.info.get("distance", "euclidean"))
+
+    # -- generation ---------------------------------------------------------------------
+    def _attributes(self, attributes, n: int):
+        """User attributes {name: value} or (N, A) with NaN = unset -> normalised tensor + mask."""
+        spec = self.info.get("attributes")
+        if not spec:
+            if attributes:
+                raise ValueError("this model was trained without attributes")
+            return None, None
+        names = spec["names"]
+        values = np.full((n, len(names)), np.nan, dtype=np.float32)
+        if isinstance(attributes, dict):
+            for name, value in attributes.items():
+                if name not in names:
+                    raise ValueError(f"unknown attribute {name!r}; this model knows {names}")
+                values[:, names.index(name)] = value
+        elif attributes is not None:
+            values[:] = np.asarray(attributes, dtype=np.float32).reshape(-1, len(names))
+        mask = np.isfinite(values).astype(np.float32)
+        normed = (np.nan_to_num(values) - np.array(spec["mean"])) / np.array(spec["std"]) * mask
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        return as_tensor(normed), as_tensor(mask)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        id_vectors,
+        num_images_per_id: int = 4,
+        guidance_scale: float = 2.0,
+        num_inference_steps: int = 25,
+        sampler: str = DEFAULT_SAMPLER,
+        seed: int = 0,
+        attributes=None,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> PipelineOutput:
+        vectors = check_vectors(id_vectors, self.id_dim, "id_vectors")
+        if not 1 <= num_inference_steps <= self.diffusion.num_timesteps:
+            raise ValueError(f"num_inference_steps must be in 1..{self.diffusion.num_timesteps}")
+        if not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError("guidance_scale must be a finite number >= 0")
+        sample_fn = get_sampler(sampler)
+        n, k = len(vectors), int(num_images_per_id)
+        attrs, mask = self._attributes(attributes, n)
+        diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
+        jobs = [(i, j) for i in range(n) for j in range(k)]  # (identity, sample)
+        images = np.zeros((n, k, self.image_size, self.image_size, 3), dtype=np.uint8)
+        y_all = torch.as_tensor(vectors, device=self.device)
+        chunks = range(0, len(jobs), batch_size)
+        for start in tqdm(chunks, desc="generating", disable=not progress):
+            chunk = jobs[start : start + batch_size]
+            ids = torch.tensor([i for i, _ in chunk], device=self.device)
+            gens = make_generators([seed + j for _, j in chunk])
+            x = per_image_noise(gens, (3, self.image_size, self.image_size), self.device)
+            if self.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
+                t0 = torch.zeros(len(chunk), dtype=torch.long, device=self.device)
+                out = self.model(torch.zeros_like(x), t0, id_vector=y_all[ids])
+            else:
+                denoise = guided_denoiser(
+                    self.model, y_all[ids], guidance_scale,
+                    attributes=None if attrs is None else attrs[ids], attr_mask=None if mask is None else mask[ids],
+                )
+                out = sample_fn(denoise, diffusion, x, gens)
+            for (i, j), img in zip(chunk, tensor_to_uint8(out[:, :3])):
+                images[i, j] = img
+        params = {
+            "guidance_scale": guidance_scale,
+            "num_inference_steps": num_inference_steps,
+            "sampler": sampler,
+            "seed": seed,
+            "model": self.model_path,
+            "encoder": self.info["encoder"].get("name"),
+        }
+        return PipelineOutput(images, [seed + j for j in range(k)], params)
+
+    def invert(self, photos: Sequence[np.ndarray], aligned: bool = False, keys=None, **kwargs):
+        """Encode photos with the black box, then generate from their vectors.
+        Returns (EncodeResult, PipelineOutput for the photos that were encoded)."""
+        enc = self.encode(photos, aligned=aligned, keys=keys)
+        ok = enc.ok
+        if not ok.any():
+            return enc, None
+        return enc, self(enc.vectors[ok], **kwargs)
