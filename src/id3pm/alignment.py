@@ -30,6 +30,7 @@ CANONICAL_SIZE = 256  # working resolution of canonical crops before resizing to
 # detections of 302 UTKFace and Yale faces mapped into their crops. Used to run the
 # landmark models on already-aligned images without detection.
 CANONICAL_FACE_BOX = (0.049, 0.040, 0.869, 0.860)
+SECOND_FACE_SCORE = 0.5  # detector score an additional face needs to count
 MIN_DETECT_SIDE = 200  # smaller photos are upscaled before detection (HOG finds faces >= ~80 px)
 
 
@@ -137,13 +138,20 @@ class FaceAligner:
             return self._models[name]
 
     def detect(self, img: np.ndarray) -> list[tuple[float, float, float, float]]:
-        """Face boxes (left, top, right, bottom) in source pixels, largest first."""
+        """Face boxes (left, top, right, bottom) in source pixels, largest first. Weak
+        extra detections (HOG score < SECOND_FACE_SCORE, often false positives) are
+        dropped so that they do not make a one-person photo "several faces"."""
         scale = max(1.0, MIN_DETECT_SIDE / min(img.shape[:2]))
         work = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if scale > 1 else img
-        rects = list(self._model("hog")(work, self.upsample))
-        if not rects and self.cnn_fallback:
-            rects = [d.rect for d in self._model("cnn")(work, self.upsample)]
-        boxes = [(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in rects]
+        rects, scores, _ = self._model("hog").run(work, self.upsample, 0.0)
+        found = list(zip(rects, scores))
+        if not found and self.cnn_fallback:
+            found = [(d.rect, d.confidence) for d in self._model("cnn")(work, self.upsample)]
+        if not found:
+            return []
+        best = max(score for _, score in found)
+        kept = [r for r, score in found if score == best or score >= SECOND_FACE_SCORE]
+        boxes = [(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in kept]
         return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 
     def landmarks(self, img: np.ndarray, box, points: int = 5) -> np.ndarray:

@@ -1,0 +1,64 @@
+"""Training: exact resume after an interruption, crash-safe checkpoints, batch order."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY_TRAIN, make_tiny_prepared
+from safetensors.torch import load_file
+
+from id3pm.checkpoint import find_checkpoint
+from id3pm.training import BatchOrder, TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_tiny_prepared(tmp_path_factory.mktemp("data"), n=6, size=8)[0]
+
+
+def _weights(run):
+    ck = run / "checkpoint"
+    return load_file(ck / "model.safetensors"), load_file(ck / "ema.safetensors")
+
+
+def test_resume_after_interruption_gives_the_same_weights(prepared, tmp_path):
+    kw = dict(TINY_TRAIN, data=str(prepared), save_every=6, model={**TINY_TRAIN["model"], "dropout": 0.1})
+    train(TrainConfig(out=str(tmp_path / "straight"), max_steps=12, **kw))
+    train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=6, **kw))  # "killed" after its checkpoint at 6
+    train(TrainConfig(out=str(tmp_path / "resumed"), max_steps=12, **kw))
+    for a, b in zip(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed")):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert (a[k] == b[k]).all(), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated log lines after the resume
+    state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 12 and state["images_seen"] == 12 * TINY_TRAIN["batch_size"]
+    info = json.loads((tmp_path / "resumed" / "model" / "id3pm.json").read_text())
+    assert info["training"]["steps"] == 12 and info["training"]["forward_gflops_per_image"] > 0
+
+
+def test_a_crash_between_checkpoint_renames_keeps_the_old_one(prepared, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), data=str(prepared), max_steps=3, save_every=3, **{k: v for k, v in TINY_TRAIN.items()}))
+    (run / "checkpoint").rename(run / "checkpoint.old")  # as if killed after the first rename
+    (run / "checkpoint.tmp").mkdir()  # and a half-written new one
+    assert find_checkpoint(run / "checkpoint") == run / "checkpoint.old"
+    train(TrainConfig(out=str(run), data=str(prepared), max_steps=4, save_every=3, **TINY_TRAIN))
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_time_budget_stops_training(prepared, tmp_path):
+    result = train(TrainConfig(out=str(tmp_path / "r"), data=str(prepared), max_steps=10_000, max_minutes=0.002,
+                               save_every=0, **TINY_TRAIN))
+    assert 0 < result["step"] < 10_000
+    assert (tmp_path / "r" / "model" / "id3pm.json").exists()
+
+
+def test_batch_order_covers_each_epoch_once_and_splits_across_processes():
+    order = BatchOrder(n=10, batch=4, seed=3)
+    seen = np.concatenate([order.indices(s) for s in range(5)])  # 20 positions = 2 epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    parts = np.concatenate([order.indices(2, rank=r, world=2) for r in range(2)])
+    assert (parts == order.indices(2)).all()
+    assert (BatchOrder(10, 4, 3).indices(4) == order.indices(4)).all()
