@@ -280,7 +280,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
             results = map(process_one, todo)
             pool = None
         else:
-            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+            # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
             results = pool.imap_unordered(process_one, todo, chunksize=4)
         for result in results:
             writer.add(result)
