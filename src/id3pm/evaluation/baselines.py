@@ -1,0 +1,64 @@
+"""What every reconstruction method is compared with. All methods share one call:
+
+    method.reconstruct(vectors (N, D), num_samples K, seed) -> images (N, K, S, S, 3) uint8
+
+- GenerativeMethod: an id3pm model folder (ID-conditioned diffusion, or the paper's
+  Eq. 4 regression decoder g(y) trained with `id3pm train --task regression`);
+- NearestNeighbour: the training images whose vectors are closest (retrieval: a
+  generator must beat it to be worth anything);
+- RandomImages: random training images (the lower bound);
+- the originals themselves give the upper bound (see evaluate.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from id3pm.encoders import identity_distance
+from id3pm.images import resize
+
+
+class GenerativeMethod:
+    def __init__(self, name: str, pipe, guidance_scale: float = 2.0, steps: int = 25, sampler: str = "dpmpp_2m",
+                 batch_size: int = 32):
+        self.name, self.pipe = name, pipe
+        self.guidance_scale, self.steps, self.sampler, self.batch_size = guidance_scale, steps, sampler, batch_size
+        self.generative = pipe.info.get("task") != "regression"
+
+    def reconstruct(self, vectors: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+        out = self.pipe(vectors, num_images_per_id=num_samples, guidance_scale=self.guidance_scale,
+                        num_inference_steps=self.steps, sampler=self.sampler, seed=seed, batch_size=self.batch_size,
+                        progress=True)
+        return out.images
+
+
+class NearestNeighbour:
+    generative = False
+
+    def __init__(self, train_vectors: np.ndarray, train_images: np.ndarray, distance: str, name: str = "nearest neighbour"):
+        self.name, self.vectors, self.images, self.distance = name, train_vectors, train_images, distance
+
+    def reconstruct(self, vectors: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+        out = []
+        for v in vectors:
+            d = identity_distance(self.vectors, v[None], self.distance)
+            out.append(self.images[np.argsort(d)[:num_samples]])
+        return np.stack(out)
+
+
+class RandomImages:
+    generative = False
+
+    def __init__(self, train_images: np.ndarray, name: str = "random training image"):
+        self.name, self.images = name, train_images
+
+    def reconstruct(self, vectors: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return self.images[rng.integers(0, len(self.images), size=(len(vectors), num_samples))]
+
+
+def at_size(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[-2] == size:
+        return images
+    flat = images.reshape(-1, *images.shape[-3:])
+    return np.stack([resize(im, size) for im in flat]).reshape(*images.shape[:-3], size, size, 3)

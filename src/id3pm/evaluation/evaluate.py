@@ -1,0 +1,381 @@
+"""`id3pm evaluate`: how close are reconstructions to the person, judged by the
+conditioning encoder AND an independent one, and how diverse are they (ID3PM's
+Tables 2 and 3, Figure 4), with the baselines every claim must beat.
+
+Originals are canonical crops of a prepared data set's held-out split (with the
+vectors the black box gave for them) or face photos in verification pairs. Every
+image, original or reconstruction, is judged at the model's resolution in the
+canonical crop, so no method is favoured by a sharper input.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from id3pm.data import PreparedDataset
+from id3pm.encoders import Encoder, identity_distance, make_encoder, parse_encoder_spec
+from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, at_size
+from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
+from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc
+from id3pm.files import atomic_write_bytes, atomic_write_json
+from id3pm.images import ImageError, contact_sheet, load_image, save_png
+
+AGE_BANDS = [(0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+")]
+UTK_GROUPS = {"gender": ["male", "female"], "race": ["White", "Black", "Asian", "Indian", "Others"]}
+
+
+@dataclass
+class EvalConfig:
+    out: str  # output folder: report.md, metrics.json, plots, sheet.png
+    models: list[str] = field(default_factory=list)  # model folders, optionally "name=path"
+    data: str | None = None  # prepared data set: originals come from its `split`
+    split: str = "holdout"
+    limit: int = 100  # originals to evaluate
+    train_data: str | None = None  # prepared set for the retrieval / random baselines (default: data's train split)
+    baselines: list[str] = field(default_factory=lambda: ["nn", "random", "real"])  # + "regression=PATH"
+    independent: str | None = "faceres"  # independent encoder spec ("" or None: skip)
+    pairs: str | None = None  # verification pairs (LFW pairs.txt or path_a,path_b,same,fold CSV)
+    pairs_root: str | None = None  # folder the pair paths are relative to
+    pairs_limit: int | None = None  # only the first N pairs (per fold order)
+    guidance: list[float] = field(default_factory=lambda: [2.0])  # one row per scale for each model
+    steps: int = 25
+    sampler: str = "dpmpp_2m"
+    diversity_ids: int = 10  # identities for the diversity table (paper: 50)
+    diversity_samples: int = 10  # samples per identity (paper: 100)
+    fid: bool = False  # FID / precision / recall (needs an Inception TorchScript)
+    inception: str | None = None
+    lpips_backbone: str | None = None  # AlexNet weights for LPIPS (optional)
+    lpips_heads: str | None = None  # LPIPS linear heads (optional)
+    seed: int = 0
+    device: str | None = None
+    batch_size: int = 32
+
+
+def encode_all(encoder: Encoder, images, aligned: bool, desc: str, keys=None, chunk: int = 64) -> np.ndarray:
+    """Vectors with a progress bar; failed items are NaN rows."""
+    images = list(images)
+    rows = []
+    for s in tqdm(range(0, len(images), chunk), desc=desc, leave=False):
+        part_keys = None if keys is None else keys[s : s + chunk]
+        rows.append(encoder.encode(images[s : s + chunk], aligned=aligned, keys=part_keys).vectors)
+    return np.concatenate(rows) if rows else np.zeros((0, encoder.dim), np.float32)
+
+
+def summary(values: np.ndarray) -> dict:
+    v = np.asarray(values, float)
+    ok = v[np.isfinite(v)]
+    if not ok.size:
+        return {"mean": None, "std": None, "median": None, "n": 0, "failed": int(v.size)}
+    return {"mean": float(ok.mean()), "std": float(ok.std()), "median": float(np.median(ok)), "n": int(ok.size),
+            "failed": int(v.size - ok.size)}
+
+
+class Evaluation:
+    def __init__(self, cfg: EvalConfig):
+        from id3pm.pipeline import ID3PMPipeline
+
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.metrics: dict = {"config": cfg.__dict__, "timing": {}}
+        self.pipes = []
+        for spec in cfg.models:
+            name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+            pipe = ID3PMPipeline.from_pretrained(path, device=cfg.device)
+            self.pipes.append((name or Path(path).name, pipe))
+        self.data = PreparedDataset(cfg.data) if cfg.data else None
+        if self.data is not None:
+            enc_spec = self.data.manifest["encoder"]
+        elif self.pipes:
+            enc_spec = self.pipes[0][1].info["encoder"]
+        else:
+            raise ValueError("evaluate needs --data or --model")
+        for name, pipe in self.pipes:
+            if pipe.info["encoder"].get("name") != enc_spec.get("name"):
+                raise ValueError(f"model {name} was conditioned on {pipe.info['encoder']}, the data on {enc_spec}")
+        self.cond = make_encoder(dict(enc_spec))
+        self.size = self.pipes[0][1].image_size if self.pipes else (self.data.manifest["sizes"][0])
+        self.ind = make_encoder(parse_encoder_spec(cfg.independent)) if cfg.independent else None
+        self.encoders = [("conditioning", self.cond)] + ([("independent", self.ind)] if self.ind else [])
+        self.methods = self._methods()
+
+    # -- methods -----------------------------------------------------------------------
+    def _train_pool(self):
+        source = PreparedDataset(self.cfg.train_data) if self.cfg.train_data else self.data
+        if source is None:
+            return None, None
+        idx = source.split_indices("train")
+        return source.vectors(idx), source.images(self.size if self.size in source.manifest["sizes"] else source.manifest["sizes"][0], idx)
+
+    def _methods(self) -> list:
+        from id3pm.pipeline import ID3PMPipeline
+
+        methods = []
+        for name, pipe in self.pipes:
+            if pipe.info.get("task") == "regression":
+                methods.append(GenerativeMethod(f"{name} (regression)", pipe))
+                continue
+            for g in self.cfg.guidance:
+                methods.append(GenerativeMethod(f"{name} s={g:g}", pipe, g, self.cfg.steps, self.cfg.sampler, self.cfg.batch_size))
+        needs_pool = any(b in ("nn", "random") for b in self.cfg.baselines)
+        vectors, images = self._train_pool() if needs_pool else (None, None)
+        for b in self.cfg.baselines:
+            if b == "nn" and vectors is not None:
+                methods.append(NearestNeighbour(vectors, at_size(images, self.size), self.cond.distance))
+            elif b == "random" and images is not None:
+                methods.append(RandomImages(at_size(images, self.size)))
+            elif b.startswith("regression="):
+                pipe = ID3PMPipeline.from_pretrained(b.split("=", 1)[1], device=self.cfg.device)
+                methods.append(GenerativeMethod("regression decoder", pipe))
+        return methods
+
+    # -- sections ----------------------------------------------------------------------
+    def originals(self):
+        idx = self.data.split_indices(self.cfg.split)[: self.cfg.limit]
+        if not len(idx):
+            raise ValueError(f"{self.data.path}: no images in split {self.cfg.split!r}")
+        sizes = self.data.manifest["sizes"]
+        crops = at_size(self.data.images(self.size if self.size in sizes else max(sizes), idx), self.size)
+        return idx, crops, self.data.vectors(idx)
+
+    def identity_section(self) -> dict:
+        t0 = time.time()
+        idx, crops, vectors = self.originals()
+        ind_orig = encode_all(self.ind, crops, True, "independent: originals") if self.ind else None
+        results, self.recons = {}, {}
+        rows = {"real (original crop)": crops}
+        for m in self.methods:
+            rows[m.name] = m.reconstruct(vectors, 1, self.cfg.seed)[:, 0]
+        for name, images in rows.items():
+            self.recons[name] = images
+            entry = {"conditioning": identity_distance(encode_all(self.cond, images, True, f"{name}: conditioning"),
+                                                       vectors, self.cond.distance)}
+            if self.ind is not None:
+                entry["independent"] = identity_distance(encode_all(self.ind, images, True, f"{name}: independent"),
+                                                         ind_orig, self.ind.distance)
+            results[name] = entry
+        self.identity_raw = results
+        self.original_index = idx
+        self.metrics["timing"]["identity_seconds_per_100"] = (time.time() - t0) / len(idx) * 100
+        return {name: {enc: summary(v) for enc, v in entry.items()} for name, entry in results.items()}
+
+    def breakdown_section(self) -> dict:
+        """Identity distance by metadata group (UTKFace age band, gender, race)."""
+        cols = [c[5:] for c in self.data.table.column_names if c.startswith("meta_")]
+        out = {}
+        for col in cols:
+            values = self.data.metadata(col, self.original_index)
+            if col == "age":
+                labels = [next((lab for lo, hi, lab in AGE_BANDS if v is not None and lo <= v <= hi), None) for v in values]
+            elif col in UTK_GROUPS and self.data.manifest.get("metadata") == "utkface":
+                labels = [None if v is None else UTK_GROUPS[col][int(v)] for v in values]
+            else:
+                labels = [None if v is None else str(v) for v in values]
+            groups = sorted({g for g in labels if g is not None})
+            if not 1 < len(groups) <= 12:
+                continue
+            labels = np.array(labels, dtype=object)
+            out[col] = {
+                g: {name: {enc: summary(d[labels == g]) for enc, d in entry.items()}
+                    for name, entry in self.identity_raw.items()}
+                for g in groups
+            }
+        return out
+
+    def verification_section(self) -> dict:
+        t0 = time.time()
+        pairs = read_pairs(self.cfg.pairs)[: self.cfg.pairs_limit]
+        root = Path(self.cfg.pairs_root or Path(self.cfg.pairs).parent)
+        paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
+        photos, failed = [], []
+        for path in tqdm(paths, desc="verification: loading", leave=False):
+            try:
+                photos.append(load_image(root / path, name=path))
+            except ImageError as e:
+                failed.append(str(e))
+                photos.append(np.zeros((8, 8, 3), np.uint8))  # encodes as "no face": a NaN row
+        where = {p: i for i, p in enumerate(paths)}
+        emb = {name: encode_all(enc, photos, False, f"verification: {name}", keys=paths) for name, enc in self.encoders}
+        same = np.array([p.same for p in pairs])
+        folds = np.array([p.fold for p in pairs])
+        firsts = sorted({where[p.a] for p in pairs if p.same})
+        results = {}
+        rows = {"real images": None}
+        cond_vectors = emb["conditioning"][firsts]
+        ok = np.isfinite(cond_vectors).all(axis=1)
+        for m in self.methods:
+            recon = np.zeros((len(firsts), self.size, self.size, 3), np.uint8)
+            recon[ok] = m.reconstruct(cond_vectors[ok], 1, self.cfg.seed)[:, 0]
+            rows[m.name] = (recon, ok)
+        for row, value in rows.items():
+            results[row] = {}
+            for enc_name, enc in self.encoders:
+                e = emb[enc_name]
+                if value is None:
+                    first = e
+                else:
+                    recon, ok = value
+                    first = e.copy()
+                    rec = np.full((len(firsts), e.shape[1]), np.nan, np.float32)
+                    rec[ok] = encode_all(enc, recon[ok], True, f"{row}: {enc_name}")
+                    first[firsts] = rec  # the first image of every positive pair -> its reconstruction
+                d = np.array([identity_distance(first[where[p.a]] if p.same else e[where[p.a]], e[where[p.b]], enc.distance)
+                              for p in pairs])
+                results[row][enc_name] = {**kfold_accuracy(d, same, folds), "auc": roc_auc(d, same)}
+        self.metrics["timing"]["verification_seconds"] = time.time() - t0
+        return {"pairs": len(pairs), "images": len(paths), "unreadable": failed, "rows": results}
+
+    def diversity_section(self) -> dict:
+        from id3pm.attributes import AttributeEstimator
+
+        t0 = time.time()
+        _, _, vectors = self.originals()
+        vectors = vectors[: self.cfg.diversity_ids]
+        est = AttributeEstimator(["pose", "expression"], aligner=self.cond.aligner)
+        lpips = None
+        if self.cfg.lpips_backbone and self.cfg.lpips_heads:
+            from id3pm.evaluation.features import LPIPS
+
+            lpips = LPIPS(self.cfg.lpips_backbone, self.cfg.lpips_heads)
+        out = {}
+        for m in [m for m in self.methods if m.generative or isinstance(m, NearestNeighbour)]:
+            samples = m.reconstruct(vectors, self.cfg.diversity_samples, self.cfg.seed + 1000)
+            per_id = {"pose_deg": [], "expression": [], "one_minus_ms_ssim": [], "lpips": [], "identity_spread": []}
+            for imgs in tqdm(samples, desc=f"diversity: {m.name}", leave=False):
+                attrs = np.stack([est.estimate_aligned(im) for im in imgs])
+                per_id["pose_deg"].append(mean_pairwise(attrs[:, :3]))
+                per_id["expression"].append(mean_pairwise(attrs[:, 3:]))
+                i, j = np.triu_indices(len(imgs), 1)
+                per_id["one_minus_ms_ssim"].append(float(1 - ms_ssim(imgs[i], imgs[j]).mean()))
+                if lpips is not None:
+                    per_id["lpips"].append(float(lpips(imgs[i], imgs[j]).mean()))
+                enc = self.ind or self.cond
+                v = enc.encode(list(imgs), aligned=True).vectors
+                per_id["identity_spread"].append(mean_pairwise(v, lambda a, b: float(identity_distance(a, b, enc.distance))))
+            out[m.name] = {k: summary(v) for k, v in per_id.items() if v}
+        self.metrics["timing"]["diversity_seconds"] = time.time() - t0
+        return out
+
+    def fid_section(self) -> dict:
+        from id3pm.evaluation.features import InceptionFeatures
+
+        net = InceptionFeatures(self.cfg.inception, device="cpu")
+        real = net(self.recons["real (original crop)"])
+        out = {}
+        for name, images in self.recons.items():
+            if name.startswith("real"):
+                continue
+            fake = net(images)
+            p, r = precision_recall(real, fake, k=3)
+            out[name] = {"fid": frechet_distance(real, fake), "precision": p, "recall": r, "n": len(images)}
+        return out
+
+    # -- run ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        start = time.time()
+        if self.data is not None:
+            self.metrics["identity"] = self.identity_section()
+            self.metrics["breakdown"] = self.breakdown_section()
+            if self.cfg.diversity_ids:
+                self.metrics["diversity"] = self.diversity_section()
+            if self.cfg.fid:
+                self.metrics["fid"] = self.fid_section()
+            self.plots()
+            self.sheet()
+        if self.cfg.pairs:
+            self.metrics["verification"] = self.verification_section()
+        self.metrics["timing"]["total_seconds"] = time.time() - start
+        atomic_write_json(self.out / "metrics.json", self.metrics)
+        atomic_write_bytes(self.out / "report.md", render_report(self.metrics, self.encoders).encode())
+        return self.metrics
+
+    def plots(self) -> None:
+        """Identity-distance densities per method, one panel per encoder (paper Fig. 4)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from scipy.stats import gaussian_kde
+
+        fig, axes = plt.subplots(1, len(self.encoders), figsize=(6 * len(self.encoders), 4), squeeze=False)
+        for ax, (enc_name, enc) in zip(axes[0], self.encoders):
+            for name, entry in self.identity_raw.items():
+                d = entry[enc_name]
+                d = d[np.isfinite(d)]
+                if len(d) > 2 and d.std() > 0:
+                    xs = np.linspace(d.min() - d.std(), d.max() + d.std(), 200)
+                    ax.plot(xs, gaussian_kde(d)(xs), label=name)
+            ax.set_title(f"{enc_name} encoder ({enc.name}, {enc.distance})")
+            ax.set_xlabel("identity distance to the original")
+            ax.set_ylabel("density")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(self.out / "identity_distance.png", dpi=100)
+        plt.close(fig)
+
+    def sheet(self, n: int = 8) -> None:
+        names = list(self.recons)
+        rows = [[self.recons[name][i] for name in names] for i in range(min(n, len(self.recons[names[0]])))]
+        save_png(contact_sheet(rows, col_labels=[nm[:18] for nm in names], cell=96), self.out / "sheet.png",
+                 {"what": "originals and reconstructions"})
+
+
+def _fmt(s: dict | None, key: str = "mean") -> str:
+    if not s or s.get(key) is None:
+        return "-"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if key == "mean" else f"{s[key]:.3f}"
+
+
+def render_report(m: dict, encoders) -> str:
+    lines = ["# id3pm evaluation", ""]
+    enc_names = [n for n, _ in encoders]
+    desc = ", ".join(f"{n}: `{e.name}` ({e.distance} distance)" for n, e in encoders)
+    lines += [f"Encoders: {desc}.", ""]
+    if "identity" in m:
+        lines += ["## Identity distance to the original (lower is better)", "",
+                  "| method | " + " | ".join(f"{n} mean ± std | {n} median" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, entry in m["identity"].items():
+            cells = [f"{_fmt(entry.get(n))} | {_fmt(entry.get(n), 'median')}" for n in enc_names]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "![identity distance densities](identity_distance.png)", ""]
+    if m.get("verification"):
+        v = m["verification"]
+        lines += [f"## Verification accuracy ({v['pairs']} pairs, 10-fold; first image of each positive pair "
+                  "replaced by its reconstruction)", "",
+                  "| method | " + " | ".join(f"{n} accuracy | {n} AUC" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, row in v["rows"].items():
+            cells = [f"{row[n]['mean']:.3f} ± {row[n]['std']:.3f} | {row[n]['auc']:.3f}" for n in enc_names]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if m.get("diversity"):
+        lines += ["## Diversity among samples of one identity (higher is more diverse)", "",
+                  "| method | pose (deg) | expression | 1 - MS-SSIM | LPIPS | identity spread |", "|---|---|---|---|---|---|"]
+        for name, d in m["diversity"].items():
+            lines.append(f"| {name} | {_fmt(d.get('pose_deg'))} | {_fmt(d.get('expression'))} | "
+                         f"{_fmt(d.get('one_minus_ms_ssim'))} | {_fmt(d.get('lpips'))} | {_fmt(d.get('identity_spread'))} |")
+        lines.append("")
+    if m.get("fid"):
+        lines += ["## FID and precision / recall against the original crops", "", "| method | FID | precision | recall |",
+                  "|---|---|---|---|"]
+        for name, f in m["fid"].items():
+            lines.append(f"| {name} | {f['fid']:.2f} | {f['precision']:.3f} | {f['recall']:.3f} |")
+        lines += ["", "(FID on a few hundred images is biased upwards; compare rows, not papers.)", ""]
+    if m.get("breakdown"):
+        lines += ["## Identity distance by group (conditioning encoder, mean)", ""]
+        for col, groups in m["breakdown"].items():
+            methods = list(next(iter(groups.values())))
+            lines += [f"### {col}", "", "| group | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+            for g, per in groups.items():
+                lines.append(f"| {g} (n={per[methods[0]]['conditioning']['n']}) | "
+                             + " | ".join(_fmt(per[mm]["conditioning"]) for mm in methods) + " |")
+            lines.append("")
+    t = m.get("timing", {})
+    lines += ["## Timing", "", *(f"- {k}: {v:.1f}" for k, v in t.items()), ""]
+    return "\n".join(lines)

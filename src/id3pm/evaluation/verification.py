@@ -1,0 +1,91 @@
+"""Face verification protocol: pairs files and the standard LFW 10-fold accuracy
+(threshold chosen on 9 folds, applied to the 10th)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str  # path of the first image, relative to the data root
+    b: str
+    same: bool
+    fold: int
+
+
+def read_lfw_pairs(path: str | Path, ext: str = ".jpg") -> list[Pair]:
+    """LFW `pairs.txt`: first line `folds n`, then per fold n lines `name i j` (same
+    person, name/name_000i.jpg) and n lines `name1 i name2 j` (different people)."""
+    lines = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    folds, n = int(lines[0][0]), int(lines[0][1])
+    if len(lines) - 1 != folds * 2 * n:
+        raise ValueError(f"{path}: expected {folds} folds of {2 * n} pairs, found {len(lines) - 1} lines")
+    image = lambda name, i: f"{name}/{name}_{int(i):04d}{ext}"  # noqa: E731
+    pairs = []
+    for k, parts in enumerate(lines[1:]):
+        fold = k // (2 * n)
+        if len(parts) == 3:
+            pairs.append(Pair(image(parts[0], parts[1]), image(parts[0], parts[2]), True, fold))
+        elif len(parts) == 4:
+            pairs.append(Pair(image(parts[0], parts[1]), image(parts[2], parts[3]), False, fold))
+        else:
+            raise ValueError(f"{path}: line {k + 2} is neither 'name i j' nor 'name1 i name2 j'")
+    return pairs
+
+
+def read_pair_csv(path: str | Path) -> list[Pair]:
+    """CSV with columns path_a, path_b, same (0/1), fold."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"path_a", "path_b", "same", "fold"}
+    if not rows or not need <= set(rows[0]):
+        raise ValueError(f"{path}: needs columns {sorted(need)}")
+    return [Pair(r["path_a"], r["path_b"], r["same"].strip() in ("1", "true", "True"), int(r["fold"])) for r in rows]
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    return read_pair_csv(path) if str(path).endswith(".csv") else read_lfw_pairs(path)
+
+
+def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:
+    """The distance threshold (same if distance <= threshold) with the highest accuracy;
+    candidates are midpoints between consecutive sorted distances (and the ends)."""
+    d = np.sort(np.unique(distances))
+    candidates = np.concatenate([[d[0] - 1e-6], (d[:-1] + d[1:]) / 2, [d[-1] + 1e-6]])
+    acc = [((distances <= t) == same).mean() for t in candidates]
+    return float(candidates[int(np.argmax(acc))])
+
+
+def kfold_accuracy(distances, same, folds) -> dict:
+    """Mean and std of accuracy over folds, each fold judged with the threshold that
+    is best on all other folds. Pairs with a NaN distance (a failed encoding) count as
+    wrong decisions, so failures are not hidden."""
+    distances, same, folds = np.asarray(distances, float), np.asarray(same, bool), np.asarray(folds)
+    valid = np.isfinite(distances)
+    accs, thresholds = [], []
+    for k in np.unique(folds):
+        train = (folds != k) & valid
+        t = best_threshold(distances[train], same[train])
+        test = folds == k
+        correct = np.where(valid[test], (distances[test] <= t) == same[test], False)
+        accs.append(correct.mean())
+        thresholds.append(t)
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "folds": [float(a) for a in accs],
+            "thresholds": thresholds, "failed_pairs": int((~valid).sum())}
+
+
+def roc_auc(distances, same) -> float:
+    """Probability that a different-person pair is farther apart than a same-person pair."""
+    from scipy.stats import rankdata
+
+    d, s = np.asarray(distances, float), np.asarray(same, bool)
+    ok = np.isfinite(d)
+    d, s = d[ok], s[ok]
+    ranks = rankdata(d)
+    n_same, n_diff = s.sum(), (~s).sum()
+    return float((ranks[~s].sum() - n_diff * (n_diff + 1) / 2) / (n_same * n_diff))

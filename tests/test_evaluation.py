@@ -1,0 +1,198 @@
+"""Evaluation metrics against hand-made examples, the verification protocol on real
+faces, and `id3pm evaluate` end to end."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import shared_data
+from PIL import Image
+from skimage import data as skdata
+
+from id3pm.cli import main
+from id3pm.encoders import identity_distance, make_encoder
+from id3pm.evaluation.features import LPIPS, InceptionFeatures
+from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
+from id3pm.evaluation.verification import best_threshold, kfold_accuracy, read_lfw_pairs, read_pair_csv, roc_auc
+from id3pm.images import load_image
+
+
+def test_kfold_threshold_on_a_hand_made_example():
+    # fold 0: perfectly separable at 0.5; fold 1: one same pair is far (0.9)
+    d = np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.9, 0.7, 0.8])
+    same = np.array([1, 1, 0, 0, 1, 1, 0, 0], bool)
+    folds = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # threshold from fold 1 (0.3 same, 0.9 same, 0.7/0.8 diff): best is 0.5 (acc 3/4) -> fold 0 acc 1.0
+    # threshold from fold 0: midpoint 0.5 -> fold 1: 0.3 right, 0.9 wrong, 0.7 right, 0.8 right = 0.75
+    r = kfold_accuracy(d, same, folds)
+    assert r["folds"] == [1.0, 0.75] and r["mean"] == pytest.approx(0.875) and r["std"] == pytest.approx(0.125)
+    assert best_threshold(np.array([0.1, 0.2, 0.8]), np.array([1, 1, 0], bool)) == pytest.approx(0.5)
+    d[0] = np.nan  # a failed encoding counts as a wrong decision
+    assert kfold_accuracy(d, same, folds)["folds"][0] == 0.75
+    assert roc_auc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 1.0 and roc_auc([0.1, 0.9], [0, 1]) == 0.0
+
+
+def test_pairs_files(tmp_path):
+    lfw = tmp_path / "pairs.txt"
+    lfw.write_text("2 1\nAnn 1 2\nAnn 1 Bob 3\nCy 2 4\nDee 1 Eve 1\n")
+    pairs = read_lfw_pairs(lfw)
+    assert pairs[0].a == "Ann/Ann_0001.jpg" and pairs[0].b == "Ann/Ann_0002.jpg" and pairs[0].same and pairs[0].fold == 0
+    assert not pairs[1].same and pairs[1].b == "Bob/Bob_0003.jpg" and pairs[2].fold == 1
+    lfw.write_text("2 1\nAnn 1 2\n")
+    with pytest.raises(ValueError, match="expected 2 folds"):
+        read_lfw_pairs(lfw)
+    c = tmp_path / "p.csv"
+    c.write_text("path_a,path_b,same,fold\na.png,b.png,1,3\n")
+    assert read_pair_csv(c)[0].fold == 3
+
+
+@pytest.mark.shared_data
+def test_lfw_pairs_file_of_shared_data():
+    pairs = read_lfw_pairs(shared_data("lfw_pairs.txt"))
+    assert len(pairs) == 6000 and sum(p.same for p in pairs) == 3000 and {p.fold for p in pairs} == set(range(10))
+
+
+def test_ssim_against_scikit_image_and_ms_ssim_properties():
+    from skimage.metrics import structural_similarity
+
+    from id3pm.evaluation.metrics import ssim
+
+    rng = np.random.default_rng(0)
+    a = np.stack([skdata.astronaut()[y : y + 64, x : x + 64] for y, x in [(100, 200), (300, 100), (0, 0)]])
+    noisy = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    ref = [structural_similarity(a[i], noisy[i], channel_axis=2, gaussian_weights=True, sigma=1.5, win_size=7,
+                                 use_sample_covariance=False, data_range=255) for i in range(3)]
+    # skimage averages over the whole (edge-cropped) image, we over the valid region: same within rounding
+    np.testing.assert_allclose(ssim(a, noisy), ref, atol=0.02)
+    np.testing.assert_allclose(ms_ssim(a, a), 1.0, atol=1e-5)
+    assert (ms_ssim(a, noisy) < 0.9).all()
+    assert ms_ssim(a, noisy)[0] == pytest.approx(ms_ssim(noisy, a)[0], abs=1e-5)
+
+
+def test_frechet_distance_formula_and_precision_recall():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    # two isotropic Gaussians N(0, I) and N(m, 4I): |m|^2 + tr(I + 4I - 2 * 2I) = |m|^2 + 4 (in 4-d)
+    y = rng.normal(size=(20000, 4))
+    z = rng.normal(size=(20000, 4)) * 2 + 1
+    assert frechet_distance(y, z) == pytest.approx(4 + 4, rel=0.05)
+    p, r = precision_recall(x[:200], x[:200] + 1e-3)
+    assert p == 1.0 and r == 1.0
+    far = precision_recall(x[:200], x[:200] + 100)
+    assert far == (0.0, 0.0)
+    assert mean_pairwise(np.array([[0.0], [3.0], [4.0]])) == pytest.approx((3 + 4 + 1) / 3)
+
+
+def test_fid_of_a_set_with_itself_with_a_torchscript_model(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 5, stride=4))
+    path = tmp_path / "tiny_inception.pt"
+    torch.jit.script(net).save(str(path))
+    feats = InceptionFeatures(path, size=64)
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    f = feats(images)
+    assert f.shape == (40, 32)
+    assert frechet_distance(f, feats(images)) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(f, feats(255 - images)) > 1e-3
+    with pytest.raises(FileNotFoundError, match="make models"):
+        InceptionFeatures(tmp_path / "missing.pt")
+
+
+def test_lpips_matches_its_formula(tmp_path):
+    torch.manual_seed(0)
+    lp_probe = LPIPS.__new__(LPIPS)  # just for the layer list
+    torch.nn.Module.__init__(lp_probe)
+    backbone = {}
+    shapes = [(64, 3, 11), (192, 64, 5), (384, 192, 3), (256, 384, 3), (256, 256, 3)]
+    for i, (o, c, k) in zip([0, 3, 6, 8, 10], shapes):
+        backbone[f"features.{i}.weight"] = torch.randn(o, c, k, k) * 0.05
+        backbone[f"features.{i}.bias"] = torch.randn(o) * 0.01
+    heads = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS.CHANNELS)}
+    torch.save(backbone, tmp_path / "alexnet.pth")
+    from safetensors.torch import save_file
+
+    save_file(heads, tmp_path / "heads.safetensors")
+    lp = LPIPS(tmp_path / "alexnet.pth", tmp_path / "heads.safetensors")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert np.allclose(lp(a, a), 0) and (lp(a, b) > 0).all() and np.allclose(lp(a, b), lp(b, a), rtol=1e-5)
+    # independent computation with functional ops
+    F = torch.nn.functional
+    x = lambda im: (torch.as_tensor(im).permute(0, 3, 1, 2).float() / 127.5 - 1 - torch.tensor(LPIPS.SHIFT).view(1, 3, 1, 1)) / torch.tensor(LPIPS.SCALE).view(1, 3, 1, 1)  # noqa: E731
+
+    def feats(t):
+        out = []
+        t = F.relu(F.conv2d(t, backbone["features.0.weight"], backbone["features.0.bias"], stride=4, padding=2)); out.append(t)  # noqa: E702
+        t = F.relu(F.conv2d(F.max_pool2d(t, 3, 2), backbone["features.3.weight"], backbone["features.3.bias"], padding=2)); out.append(t)  # noqa: E702,E501
+        t = F.relu(F.conv2d(F.max_pool2d(t, 3, 2), backbone["features.6.weight"], backbone["features.6.bias"], padding=1)); out.append(t)  # noqa: E702,E501
+        t = F.relu(F.conv2d(t, backbone["features.8.weight"], backbone["features.8.bias"], padding=1)); out.append(t)  # noqa: E702
+        t = F.relu(F.conv2d(t, backbone["features.10.weight"], backbone["features.10.bias"], padding=1)); out.append(t)  # noqa: E702
+        return [f / (f.norm(dim=1, keepdim=True) + 1e-10) for f in out]
+
+    want = sum((heads[f"lin{i}.model.1.weight"].view(1, -1, 1, 1) * (fa - fb) ** 2).sum(1).mean(dim=(1, 2))
+               for i, (fa, fb) in enumerate(zip(feats(x(a)), feats(x(b)))))
+    np.testing.assert_allclose(lp(a, b), want.numpy(), rtol=1e-4)
+
+
+@pytest.mark.shared_data
+def test_verification_on_real_orl_pairs_and_random_baseline():
+    root = shared_data("orl")
+    rows = list(csv.DictReader(open(root / "pairs.csv")))
+    enc = make_encoder("dlib")
+    paths = sorted({r["path_a"] for r in rows} | {r["path_b"] for r in rows})
+    vec = dict(zip(paths, enc.encode([load_image(root / p) for p in paths], keys=paths).vectors))
+    d = np.array([identity_distance(vec[r["path_a"]], vec[r["path_b"]]) for r in rows])
+    same = np.array([r["same"] == "1" for r in rows])
+    folds = np.array([int(r["fold"]) for r in rows])
+    assert kfold_accuracy(d, same, folds)["mean"] > 0.9
+    # random images instead of the first image of positive pairs: chance level
+    rng = np.random.default_rng(0)
+    shuffled = d.copy()
+    others = list(vec.values())
+    for k in np.flatnonzero(same):
+        shuffled[k] = identity_distance(others[rng.integers(len(others))], vec[rows[k]["path_b"]])
+    acc = kfold_accuracy(shuffled, same, folds)["mean"]
+    assert 0.35 < acc < 0.65
+
+
+def test_evaluate_end_to_end(tmp_path):
+    """Plumbing with real dlib vectors: astronaut variants, an untrained dlib-conditioned
+    model, baselines, a pairs CSV; the report has every section."""
+    from id3pm.data import PrepareConfig, prepare
+    from id3pm.modeldir import save_model_dir
+    from id3pm.models import IDConditionedUNet
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    astro = skdata.astronaut()
+    for i in range(6):
+        shifted = np.roll(astro, 10 * i, axis=1)
+        Image.fromarray(np.ascontiguousarray(shifted if i % 2 else shifted[:, ::-1])).save(src / f"a{i}.png")
+    prepare(PrepareConfig(src=str(src), out=str(tmp_path / "prep"), sizes=(32,), holdout=0.5, workers=1), progress=False)
+    torch.manual_seed(0)
+    net = IDConditionedUNet(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=32,
+                            norm_num_groups=8, attention_resolutions=(16,), id_dim=128, dropout=0.0)
+    info = {"task": "base", "image_size": 32, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
+            "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
+    model = save_model_dir(tmp_path / "model", net, info)
+    (tmp_path / "pairs.csv").write_text("path_a,path_b,same,fold\n" + "".join(
+        f"a{i}.png,a{(i + 1) % 6}.png,{1 if i % 2 else 0},{i % 2}\n" for i in range(6)))
+    code = main(["evaluate", "--model", f"untrained={model}", "--data", str(tmp_path / "prep"), "--limit", "3",
+                 "--independent", "", "--pairs", str(tmp_path / "pairs.csv"), "--pairs-root", str(src),
+                 "--guidance", "1", "3", "--steps", "2", "--diversity-ids", "1", "--diversity-samples", "3",
+                 "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    assert code == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    rows = set(m["identity"])
+    assert {"untrained s=1", "untrained s=3", "nearest neighbour", "random training image", "real (original crop)"} <= rows
+    # retrieval finds the same person (all images are the astronaut): close under dlib
+    assert m["identity"]["nearest neighbour"]["conditioning"]["mean"] < 0.45
+    assert m["verification"]["rows"]["real images"]["conditioning"]["failed_pairs"] == 0
+    assert set(m["diversity"]) >= {"untrained s=1", "nearest neighbour"}
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "Identity distance to the original" in report and "Verification accuracy" in report and "Diversity" in report
+    assert (tmp_path / "eval" / "identity_distance.png").exists() and (tmp_path / "eval" / "sheet.png").exists()
