@@ -34,7 +34,7 @@ def test_mirroring_flips_yaw_and_roll(est):
     b = est.estimate_photo(np.ascontiguousarray(img[:, ::-1]))
     assert b[0] == pytest.approx(-a[0], abs=3) and b[2] == pytest.approx(-a[2], abs=3)
     assert b[1] == pytest.approx(a[1], abs=3)  # pitch does not change
-    np.testing.assert_allclose(b[3:], a[3:], atol=0.05)  # nor does the expression
+    np.testing.assert_allclose(b[3:], a[3:], atol=0.1)  # nor does the expression (landmark noise ~0.07)
 
 
 def test_aligned_crops_give_the_same_attributes(est):

@@ -48,10 +48,14 @@ def attribute_names(groups: list[str] | str) -> list[str]:
     return names
 
 
-def head_pose(landmarks68: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees from 68 landmarks of an image of (height, width)."""
-    h, w = image_size
-    camera = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], dtype=np.float64)
+def head_pose(landmarks68: np.ndarray, image_size: tuple[int, int] | None = None) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees from 68 landmarks. The camera looks at the face:
+    principal point at the landmarks' centre, focal length a fixed multiple of the
+    face's size, so that a face off the photo's centre, or the same face in an
+    aligned crop, gets the same pose."""
+    centre = landmarks68.mean(axis=0)
+    focal = 6.0 * np.linalg.norm(landmarks68[36] - landmarks68[45])  # ~ a portrait lens at arm's length
+    camera = np.array([[focal, 0, centre[0]], [0, focal, centre[1]], [0, 0, 1]], dtype=np.float64)
     image_points = landmarks68[_LANDMARK_IDS].astype(np.float64)
     ok, rvec, _ = cv2.solvePnP(_MODEL_POINTS, image_points, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
     if not ok:
