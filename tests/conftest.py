@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+if "PYTEST_XDIST_WORKER" in os.environ:  # two workers on two cores: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

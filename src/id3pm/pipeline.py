@@ -97,8 +97,10 @@ class ID3PMPipeline:
         return identity_distance(vectors, np.asarray(id_vectors)[:, None, :], self.info.get("distance", "euclidean"))
 
     # -- generation ---------------------------------------------------------------------
-    def _attributes(self, attributes, n: int):
-        """User attributes {name: value} or (N, A) with NaN = unset -> normalised tensor + mask."""
+    def _attributes(self, attributes, n: int, unset: str = "drop", seed: int = 0):
+        """User attributes {name: value} or (N, A) with NaN = unset -> normalised tensor + mask.
+        unset = "drop": the model decides (attribute dropped, as in training with
+        attribute dropout); "sample": take the values of a random training face."""
         spec = self.info.get("attributes")
         if not spec:
             if attributes:
@@ -113,6 +115,12 @@ class ID3PMPipeline:
                 values[:, names.index(name)] = value
         elif attributes is not None:
             values[:] = np.asarray(attributes, dtype=np.float32).reshape(-1, len(names))
+        if unset == "sample" and spec.get("samples"):
+            pool = np.asarray(spec["samples"], dtype=np.float32)
+            picks = pool[np.random.default_rng(seed).integers(0, len(pool), n)]
+            values = np.where(np.isfinite(values), values, picks)
+        elif unset not in ("drop", "sample"):
+            raise ValueError(f"unset must be 'drop' or 'sample', got {unset!r}")
         mask = np.isfinite(values).astype(np.float32)
         normed = (np.nan_to_num(values) - np.array(spec["mean"])) / np.array(spec["std"]) * mask
         as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
@@ -128,6 +136,7 @@ class ID3PMPipeline:
         sampler: str = DEFAULT_SAMPLER,
         seed: int = 0,
         attributes=None,
+        unset_attributes: str = "drop",
         batch_size: int = 32,
         progress: bool = False,
     ) -> PipelineOutput:
@@ -138,7 +147,7 @@ class ID3PMPipeline:
             raise ValueError("guidance_scale must be a finite number >= 0")
         sample_fn = get_sampler(sampler)
         n, k = len(vectors), int(num_images_per_id)
-        attrs, mask = self._attributes(attributes, n)
+        attrs, mask = self._attributes(attributes, n, unset_attributes, seed)
         diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
         jobs = [(i, j) for i in range(n) for j in range(k)]  # (identity, sample)
         images = np.zeros((n, k, self.image_size, self.image_size, 3), dtype=np.uint8)
@@ -168,6 +177,8 @@ class ID3PMPipeline:
             "model": self.model_path,
             "encoder": self.info["encoder"].get("name"),
         }
+        if attributes is not None:
+            params["attributes"] = attributes if isinstance(attributes, dict) else np.asarray(attributes).tolist()
         return PipelineOutput(images, [seed + j for j in range(k)], params)
 
     def invert(self, photos: Sequence[np.ndarray], aligned: bool = False, keys=None, **kwargs):
@@ -178,3 +189,40 @@ class ID3PMPipeline:
         if not ok.any():
             return enc, None
         return enc, self(enc.vectors[ok], **kwargs)
+
+    # -- controls (each also an `id3pm` command) -------------------------------------------
+    def distances_to(self, images: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """Identity distance of (..., H, W, 3) images to one vector."""
+        flat = images.reshape(-1, *images.shape[-3:])
+        d = self.identity_distances(flat[:, None], np.repeat(np.asarray(vector)[None], len(flat), 0))
+        return d.reshape(images.shape[:-3])
+
+    def sweep(self, vector, guidance_scales=(1.0, 1.5, 2.0, 2.5, 3.0), num_seeds: int = 4, seed: int = 0, **kwargs):
+        """The paper's Fig. 5: rows seeds, columns guidance scales, the same seeds in every
+        column. Returns (images (seeds, scales, H, W, 3), identity distances (seeds, scales))."""
+        v = check_vectors(vector, self.id_dim, "vector")
+        cols = [self(v, num_images_per_id=num_seeds, guidance_scale=g, seed=seed, **kwargs).images[0]
+                for g in guidance_scales]
+        images = np.stack(cols, axis=1)
+        return images, self.distances_to(images, v[0])
+
+    def interpolate(self, a, b, frames: int = 9, seed: int = 0, **kwargs):
+        """Frames from identity a to b with one fixed seed. Returns (images (F, H, W, 3),
+        vectors (F, D), distance to a (F,), distance to b (F,))."""
+        from id3pm.controls import interpolate
+
+        va, vb = check_vectors(a, self.id_dim, "a")[0], check_vectors(b, self.id_dim, "b")[0]
+        vectors = interpolate(va, vb, frames)
+        images = self(vectors, num_images_per_id=1, seed=seed, **kwargs).images[:, 0]
+        return images, vectors, self.distances_to(images, va), self.distances_to(images, vb)
+
+    def edit(self, vector, direction, strengths=(-2, -1, 0, 1, 2), num_images: int = 1, seed: int = 0, **kwargs):
+        """Walk an identity along a direction. Returns (images (strengths, K, H, W, 3),
+        vectors (strengths, D), distance to the unedited vector (strengths, K))."""
+        from id3pm.controls import walk
+
+        v = check_vectors(vector, self.id_dim, "vector")[0]
+        d = check_vectors(direction, self.id_dim, "direction")[0]
+        vectors = walk(v, d, strengths)
+        images = self(vectors, num_images_per_id=num_images, seed=seed, **kwargs).images
+        return images, vectors, self.distances_to(images, v)

@@ -135,7 +135,13 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
         args["null_condition"] = cfg.null_condition
         if train_set.attrs is not None:
             args["attr_dim"] = train_set.attrs.shape[1]
-            info["attributes"] = {"names": data.attribute_names, **attribute_stats(train_set.attrs.numpy())}
+            attrs = train_set.attrs.numpy()
+            pick = np.random.default_rng(cfg.seed).choice(len(attrs), size=min(512, len(attrs)), replace=False)
+            info["attributes"] = {
+                "names": data.attribute_names,
+                **attribute_stats(attrs),
+                "samples": attrs[pick].round(4).tolist(),  # to draw unset attributes from the data
+            }
     if cfg.task == "regression":
         args["out_channels"] = 3
     model = IDConditionedUNet(sample_size=cfg.size, **args)

@@ -47,7 +47,7 @@ class PrepareConfig:
     holdout: float = 0.05  # fraction of keys held out of training, by hash
     workers: int = 0  # processes (0: all cores)
     metadata: str | None = None  # "utkface" or "csv:PATH"
-    attributes: tuple[str, ...] = ()  # attribute groups to store: "pose", "expression"
+    attributes: tuple[str, ...] = ()  # attributes to store: "pose", "expression" (estimated), "meta:NAME" (a label)
     shard: tuple[int, int] = (0, 1)  # this machine's part i of n
     chunk: int = 1000  # images per Parquet shard
     image_format: str = "webp"  # storage format of crops: webp, png or jpeg
@@ -98,10 +98,11 @@ def _init_worker(cfg: PrepareConfig) -> None:
     _WORKER["aligner"] = aligner
     _WORKER["encoder"] = make_encoder(dict(cfg.encoder), aligner=aligner)
     _WORKER["meta"] = metadata_parser(cfg.metadata)
-    if cfg.attributes:
+    groups = [a for a in cfg.attributes if not a.startswith("meta:")]
+    if groups:
         from id3pm.attributes import AttributeEstimator
 
-        _WORKER["attrs"] = AttributeEstimator(list(cfg.attributes), aligner=aligner)
+        _WORKER["attrs"] = AttributeEstimator(groups, aligner=aligner)
 
 
 def process_one(key: str) -> dict:
@@ -128,12 +129,37 @@ def process_one(key: str) -> dict:
         for size in cfg.sizes:
             row[f"image_{size}"] = encode_image(resize(crop, size), cfg.image_format, cfg.quality)
         if cfg.attributes:
-            row["attributes"] = _WORKER["attrs"].estimate_aligned(crop).tolist()
+            row["attributes"] = attribute_values(cfg, crop, meta, key)
         return row
     except (ImageError, MetadataError) as e:
         return {"key": key, "skip": str(e)}
     except Exception as e:  # a bug or a broken file must not stop the batch
         return {"key": key, "skip": f"{key}: unexpected {type(e).__name__}: {e}"}
+
+
+def attribute_values(cfg: PrepareConfig, crop: np.ndarray, meta: dict, key: str) -> list[float]:
+    estimated = iter(_WORKER["attrs"].estimate_aligned(crop).tolist()) if "attrs" in _WORKER else iter(())
+    values = []
+    for a in cfg.attributes:
+        if a.startswith("meta:"):
+            value = meta.get(a[5:])
+            if value is None:
+                raise MetadataError(f"{key}: no value for attribute label {a[5:]!r}")
+            values.append(float(value))
+        else:
+            from id3pm.attributes import ATTRIBUTE_GROUPS
+
+            values += [next(estimated) for _ in ATTRIBUTE_GROUPS[a]]
+    return values
+
+
+def stored_attribute_names(attributes) -> list[str]:
+    from id3pm.attributes import attribute_names
+
+    names = []
+    for a in attributes:
+        names += [a[5:]] if a.startswith("meta:") else attribute_names([a])
+    return names
 
 
 # -- main side -------------------------------------------------------------------------
@@ -247,9 +273,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     todo = [k for k in keys if k not in done]
 
     probe = make_encoder(dict(cfg.encoder))
-    from id3pm.attributes import attribute_names
-
-    attr_names = attribute_names(list(cfg.attributes)) if cfg.attributes else []
+    attr_names = stored_attribute_names(cfg.attributes)
     dataset_info = {
         "format": "id3pm-prepared/1",
         "encoder": probe.spec(),
