@@ -36,6 +36,11 @@ def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None
     p.add_argument("--expression", help="attribute models: mouth_open=0.3,smile=1.1,eye_open=0.3")
     p.add_argument("--unset-attributes", default="drop", choices=["drop", "sample"],
                    help="attributes not given: dropped (the model decides) or drawn from the training data")
+    p.add_argument("--upscale", nargs="?", const="auto", default=None,
+                   help="super-resolve the samples: SR model folder, 'lanczos', or no value for the shipped SR model "
+                        "(Lanczos, labelled as such, when none is shipped)")
+    p.add_argument("--upscale-steps", type=int, default=25, help="sampling steps of the SR model (respaced DDPM)")
+    p.add_argument("--upscale-size", type=int, default=128, help="output side of the Lanczos fallback")
 
 
 def parse_attributes(args) -> dict | None:
@@ -52,13 +57,19 @@ def parse_attributes(args) -> dict | None:
 
 def gen_kwargs(args) -> dict:
     return dict(guidance_scale=args.guidance, num_inference_steps=args.steps, sampler=args.sampler,
-                batch_size=args.batch_size, attributes=parse_attributes(args), unset_attributes=args.unset_attributes)
+                batch_size=args.batch_size, attributes=parse_attributes(args), unset_attributes=args.unset_attributes,
+                upscale=bool(args.upscale), upscale_steps=args.upscale_steps)
 
 
 def load_pipeline(args):
     from id3pm.pipeline import ID3PMPipeline
+    from id3pm.superres import make_upscaler
 
-    return ID3PMPipeline.from_pretrained(args.model, device=args.device)
+    pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device)
+    pipe.upscaler = make_upscaler(args.upscale, device=args.device, size=args.upscale_size)
+    if pipe.upscaler is not None:
+        print(f"upscaling with {pipe.upscaler.label}", file=sys.stderr)
+    return pipe
 
 
 def generate_and_write(pipe, args, names, vectors, references, skipped, extra: dict | None = None) -> dict:
@@ -71,11 +82,18 @@ def generate_and_write(pipe, args, names, vectors, references, skipped, extra: d
     result = pipe(vectors, num_images_per_id=args.num_images, seed=args.seed, progress=True, **gen_kwargs(args))
     seconds = time.time() - t0
     distances = pipe.identity_distances(result.images, vectors)
+    shown = result.upscaled if result.upscaled is not None else result.images
+    up_distances = pipe.identity_distances(result.upscaled, vectors) if result.upscaled is not None else None
     items, rows = [], []
     for i, name in enumerate(names):
-        ref = None if references[i] is None else resize(references[i], pipe.image_size)
-        items.append(write_identity(out_dir, name, result.images[i], result.seeds, result.params, distances[i], ref))
-        rows.append(([ref] if any(r is not None for r in references) else []) + list(result.images[i]))
+        ref = None if references[i] is None else resize(references[i], shown.shape[2])
+        item = write_identity(out_dir, name, result.images[i], result.seeds, result.params, distances[i], ref)
+        if result.upscaled is not None:
+            up = write_identity(out_dir / "upscaled", name, result.upscaled[i], result.seeds, result.params,
+                                up_distances[i], ref)
+            item["upscaled"] = {"files": ["upscaled/" + f for f in up["files"]], "identity_distance": up["identity_distance"]}
+        items.append(item)
+        rows.append(([ref] if any(r is not None for r in references) else []) + list(shown[i]))
     header = (["input"] if any(r is not None for r in references) else []) + [f"seed {s}" for s in result.seeds]
     write_job_sheet(out_dir, rows, names, result.params, header)
     finite = distances[np.isfinite(distances)]
@@ -88,6 +106,7 @@ def generate_and_write(pipe, args, names, vectors, references, skipped, extra: d
         "seconds": round(seconds, 2),
         "seconds_per_image": round(seconds / max(1, result.images.shape[0] * result.images.shape[1]), 3),
         "synthetic": True,
+        "upscale": result.params.get("upscale"),
         **(extra or {}),
     }
     write_results(out_dir, payload)
@@ -107,6 +126,8 @@ def report(payload: dict, out: str) -> None:
     for s in payload["skipped"]:
         print(f"skipped: {s}", file=sys.stderr)
     mean = payload["mean_identity_distance"]
+    if payload.get("upscale"):
+        print(f"upscaled with {payload['upscale']}")
     print(f"wrote {sum(len(i['files']) for i in payload['items'])} images to {out} "
           f"({payload['seconds_per_image']} s/image); mean identity distance "
           f"({payload['distance']}): {'n/a' if mean is None else f'{mean:.4f}'}; sheet: {out}/sheet.png")
@@ -443,9 +464,42 @@ def _edit_flags(p):
     add_generation_flags(p, n_default=1)
 
 
+@command("serve", "a REST API and web page for inversion (loopback only unless --token is given)")
+def cmd_serve(args):
+    import os
+
+    from id3pm.serving import Limits, serve
+
+    token = args.token or os.environ.get("ID3PM_TOKEN") or None  # the environment keeps it out of `ps`
+    limits = Limits(max_batch=args.max_batch, window_s=args.batch_window_ms / 1000, max_queue=args.max_queue,
+                    timeout_s=args.timeout, rate=args.rate, burst=args.burst,
+                    max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    serve(args.model, directions=args.directions, host=args.host, port=args.port, token=token, device=args.device,
+          limits=limits, log_level=args.log_level)
+    return 0
+
+
+def _serve_flags(p):
+    p.add_argument("--model", help="model folder (default: the shipped reference model)")
+    p.add_argument("--directions", help="directions file (from `id3pm directions`) for /v1/edit")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --token")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1 (or set ID3PM_TOKEN)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--max-batch", type=int, default=16, help="images per batched forward pass")
+    p.add_argument("--batch-window-ms", type=float, default=15, help="how long to wait to fill a batch")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests; more are refused with 429")
+    p.add_argument("--timeout", type=float, default=120, help="seconds per request (504 after)")
+    p.add_argument("--rate", type=float, default=5, help="requests/s per client IP (0: no limit)")
+    p.add_argument("--burst", type=int, default=20, help="requests a client may send at once")
+    p.add_argument("--max-body-mb", type=float, default=8, help="largest request body")
+    p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest input image (width x height)")
+    p.add_argument("--log-level", default="info")
+
+
 SETUP = {"sweep": _sweep_flags, "interpolate": _interpolate_flags, "directions": _directions_flags,
          "edit": _edit_flags, "invert": _invert_flags, "sample": _sample_flags, "prepare": _prepare_flags, "train": _train_flags,
-         "evaluate": _evaluate_flags}
+         "evaluate": _evaluate_flags, "serve": _serve_flags}
 
 
 def build_parser() -> argparse.ArgumentParser:

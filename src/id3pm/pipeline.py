@@ -47,6 +47,12 @@ class PipelineOutput:
     images: np.ndarray  # (N, K, H, W, 3) uint8: K samples for each of N identities
     seeds: list[int]  # seed of each of the K columns
     params: dict = field(default_factory=dict)  # what produced them (for PNG metadata and JSON)
+    upscaled: np.ndarray | None = None  # (N, K, S, S, 3) after the super-resolution stage, if asked for
+
+
+def _shown(out: PipelineOutput) -> np.ndarray:
+    """The pictures to show: upscaled when the super-resolution stage ran."""
+    return out.upscaled if out.upscaled is not None else out.images
 
 
 class ID3PMPipeline:
@@ -59,6 +65,7 @@ class ID3PMPipeline:
         self.image_size = int(info["image_size"])
         self.id_dim = int(info["id_dim"])
         self.model_path: str | None = None
+        self.upscaler = None  # id3pm.superres.DiffusionUpscaler or LanczosUpscaler, for upscale=True
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, dtype: torch.dtype = torch.float32):
@@ -139,6 +146,8 @@ class ID3PMPipeline:
         unset_attributes: str = "drop",
         batch_size: int = 32,
         progress: bool = False,
+        upscale: bool = False,
+        upscale_steps: int = 25,
     ) -> PipelineOutput:
         vectors = check_vectors(id_vectors, self.id_dim, "id_vectors")
         if not 1 <= num_inference_steps <= self.diffusion.num_timesteps:
@@ -179,7 +188,15 @@ class ID3PMPipeline:
         }
         if attributes is not None:
             params["attributes"] = attributes if isinstance(attributes, dict) else np.asarray(attributes).tolist()
-        return PipelineOutput(images, [seed + j for j in range(k)], params)
+        upscaled = None
+        if upscale:
+            if self.upscaler is None:
+                raise ValueError("upscale=True but no upscaler is set (pipe.upscaler = make_upscaler(...))")
+            seeds = np.tile(np.arange(k) + seed, n)  # the base sample's seed fixes the SR noise too
+            flat = self.upscaler(images.reshape(n * k, *images.shape[2:]), seeds, num_inference_steps=upscale_steps)
+            upscaled = flat.reshape(n, k, *flat.shape[1:])
+            params["upscale"] = self.upscaler.label
+        return PipelineOutput(images, [seed + j for j in range(k)], params, upscaled)
 
     def invert(self, photos: Sequence[np.ndarray], aligned: bool = False, keys=None, **kwargs):
         """Encode photos with the black box, then generate from their vectors.
@@ -201,7 +218,7 @@ class ID3PMPipeline:
         """The paper's Fig. 5: rows seeds, columns guidance scales, the same seeds in every
         column. Returns (images (seeds, scales, H, W, 3), identity distances (seeds, scales))."""
         v = check_vectors(vector, self.id_dim, "vector")
-        cols = [self(v, num_images_per_id=num_seeds, guidance_scale=g, seed=seed, **kwargs).images[0]
+        cols = [_shown(self(v, num_images_per_id=num_seeds, guidance_scale=g, seed=seed, **kwargs))[0]
                 for g in guidance_scales]
         images = np.stack(cols, axis=1)
         return images, self.distances_to(images, v[0])
@@ -213,7 +230,7 @@ class ID3PMPipeline:
 
         va, vb = check_vectors(a, self.id_dim, "a")[0], check_vectors(b, self.id_dim, "b")[0]
         vectors = interpolate(va, vb, frames)
-        images = self(vectors, num_images_per_id=1, seed=seed, **kwargs).images[:, 0]
+        images = _shown(self(vectors, num_images_per_id=1, seed=seed, **kwargs))[:, 0]
         return images, vectors, self.distances_to(images, va), self.distances_to(images, vb)
 
     def edit(self, vector, direction, strengths=(-2, -1, 0, 1, 2), num_images: int = 1, seed: int = 0, **kwargs):
@@ -224,5 +241,5 @@ class ID3PMPipeline:
         v = check_vectors(vector, self.id_dim, "vector")[0]
         d = check_vectors(direction, self.id_dim, "direction")[0]
         vectors = walk(v, d, strengths)
-        images = self(vectors, num_images_per_id=num_images, seed=seed, **kwargs).images
+        images = _shown(self(vectors, num_images_per_id=num_images, seed=seed, **kwargs))
         return images, vectors, self.distances_to(images, v)

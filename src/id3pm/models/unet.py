@@ -48,7 +48,7 @@ class IDConditionedUNet(ModelMixin, ConfigMixin):
         sample_size: int = 64,  # image side in pixels
         in_channels: int = 3,  # RGB
         out_channels: int = 6,  # eps (3) + variance interpolation v (3)
-        block_out_channels: tuple[int, ...] = (96, 192, 256, 384),  # width per resolution level
+        block_out_channels: tuple[int, ...] = (64, 128, 192, 256),  # width per resolution level
         layers_per_block: int = 2,  # residual blocks per level (ADM: 2-3)
         attention_resolutions: tuple[int, ...] = (16, 8),  # feature-map sides that get attention
         attention_head_dim: int = 64,  # channels per attention head (ADM: 64)

@@ -1,0 +1,257 @@
+"""Dynamic batching: one worker thread owns the model and the encoder; requests queue
+up and are merged into batched forward passes.
+
+    batcher = Batcher(pipe, max_batch=16, window_s=0.015, max_queue=64).start()
+    future = batcher.submit(RenderJob(vectors, seeds, guidance=2.0, steps=25, sampler="dpmpp_2m"))
+    future.result().images  # (B, H, W, 3) uint8
+
+Why a thread and not the event loop: a forward pass blocks for tens of milliseconds to
+seconds; the HTTP side must keep accepting (and refusing) requests meanwhile. Why ONE
+thread: the network and dlib are not meant to be driven from several threads at once,
+and on one device parallel calls only fight over the same cores.
+
+Every job is a list of (identity vector, seed) pairs, so generate (one vector, n
+seeds), interpolate (F vectors, one seed) and edit (S vectors x n seeds) all merge.
+Pairs of different requests share a forward pass only when their sampling settings
+(steps, sampler, guidance) agree: those fix the network calls of the whole trajectory.
+Image i is drawn from its own generator seeded with seeds[i], exactly as in
+`ID3PMPipeline.__call__`, so a picture does not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from id3pm.diffusion import respace, space_timesteps
+from id3pm.encoders import EncodeResult
+from id3pm.images import tensor_to_uint8
+from id3pm.sampling import get_sampler, guided_denoiser, make_generators, per_image_noise
+
+
+class QueueFull(RuntimeError):
+    """The bounded queue is full: the caller should answer 429 at once."""
+
+
+class BatcherClosed(RuntimeError):
+    pass
+
+
+@dataclass
+class RenderJob:
+    vectors: np.ndarray  # (B, D) float32 identity vectors, one per image
+    seeds: list[int]  # (B,) one seed per image
+    guidance: float = 2.0
+    steps: int = 25
+    sampler: str = "dpmpp_2m"
+
+    @property
+    def key(self) -> tuple:  # jobs with equal keys can share forward passes
+        return (int(self.steps), str(self.sampler), float(self.guidance))
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class RenderResult:
+    images: np.ndarray  # (B, H, W, 3) uint8
+    vectors: np.ndarray  # (B, D) the encoder's vectors of the images; NaN rows where it failed
+
+
+@dataclass
+class EncodeJob:
+    images: list[np.ndarray]  # uint8 RGB
+    aligned: bool = False
+    keys: list[str] | None = None
+
+    def __len__(self) -> int:
+        return 0  # does not count towards the image budget of a render batch
+
+
+@dataclass
+class _Pending:
+    job: RenderJob | EncodeJob
+    future: Future
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@torch.inference_mode()
+def render(pipe, vectors: np.ndarray, seeds: list[int], guidance: float, steps: int, sampler: str,
+           on_forward=None) -> np.ndarray:
+    """(B, H, W, 3) uint8: image i from vectors[i] and seeds[i]. Equals
+    pipe(vectors[i], num_images_per_id=1, seed=seeds[i]) (the same per-image generator), but
+    the pairs may come from different requests. on_forward() is called once per network call."""
+    if not 1 <= steps <= pipe.diffusion.num_timesteps:
+        raise ValueError(f"steps must be in 1..{pipe.diffusion.num_timesteps}")
+    sample_fn = get_sampler(sampler)
+    diffusion = respace(pipe.diffusion, space_timesteps(pipe.diffusion.num_timesteps, steps))
+    y = torch.as_tensor(np.asarray(vectors, np.float32), device=pipe.device)
+    gens = make_generators(seeds)
+    x = per_image_noise(gens, (3, pipe.image_size, pipe.image_size), pipe.device)
+    attrs, mask = pipe._attributes(None, len(seeds))  # attribute models: attributes dropped
+    count = on_forward or (lambda: None)
+    if pipe.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
+        count()
+        out = pipe.model(torch.zeros_like(x), torch.zeros(len(seeds), dtype=torch.long, device=pipe.device), id_vector=y)
+    else:
+        denoise = guided_denoiser(pipe.model, y, guidance, attributes=attrs, attr_mask=mask)
+
+        def counted(x_t, t):
+            count()
+            return denoise(x_t, t)
+
+        out = sample_fn(counted, diffusion, x, gens)
+    return tensor_to_uint8(out[:, :3])
+
+
+class Batcher:
+    def __init__(self, pipe, max_batch: int = 16, window_s: float = 0.015, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1")
+        self.pipe, self.max_batch, self.window_s = pipe, int(max_batch), float(window_s)
+        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=int(max_queue))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Counters, written by the worker only (reads from other threads are for monitoring).
+        self.stats = Counter(requests=0, completed=0, failed=0, cancelled=0, rejected=0, batches=0,
+                             forward_passes=0, images=0, encode_jobs=0)
+        self.batch_sizes: Counter = Counter()  # images per batch -> how many batches
+        self.requests_per_batch: Counter = Counter()  # requests merged into a batch -> how many batches
+
+    # -- the caller's side ------------------------------------------------------------
+    def start(self) -> Batcher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="id3pm-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, job: RenderJob | EncodeJob) -> Future:
+        """A Future for the job's RenderResult / EncodeResult. Raises QueueFull at once when
+        the queue is full; cancelling the future before the worker takes it skips the job."""
+        if self._stop.is_set():
+            raise BatcherClosed("the model worker is shutting down")
+        pending = _Pending(job, Future())
+        try:
+            self._queue.put_nowait(pending)
+        except queue.Full:
+            self.stats["rejected"] += 1
+            raise QueueFull(f"server busy: {self._queue.maxsize} requests already waiting") from None
+        self.stats["requests"] += 1
+        return pending.future
+
+    def snapshot(self) -> dict:
+        return {**self.stats, "queued": self.queued(), "alive": self.alive,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "requests_per_batch": {str(k): v for k, v in sorted(self.requests_per_batch.items())}}
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        while True:  # whatever is still queued will never run
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if pending.future.set_running_or_notify_cancel():
+                pending.future.set_exception(BatcherClosed("the model worker was shut down"))
+
+    # -- the worker -------------------------------------------------------------------
+    def _gather(self) -> list[_Pending]:
+        """The first waiting job, plus whatever arrives within the window, up to max_batch images."""
+        try:
+            first = self._queue.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch, images = [first], len(first.job)
+        deadline = time.perf_counter() + self.window_s
+        while images < self.max_batch:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                nxt = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            batch.append(nxt)
+            images += len(nxt.job)
+        return batch
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            gathered = [p for p in self._gather() if self._claim(p)]
+            for p in (p for p in gathered if isinstance(p.job, EncodeJob)):
+                self._finish([p], lambda: [self._encode(p.job)])
+            groups: dict[tuple, list[_Pending]] = {}
+            for p in gathered:
+                if isinstance(p.job, RenderJob):
+                    groups.setdefault(p.job.key, []).append(p)
+            for group in groups.values():
+                self._finish(group, lambda g=group: self._render_group(g))
+
+    def _claim(self, p: _Pending) -> bool:
+        if p.future.set_running_or_notify_cancel():
+            return True
+        self.stats["cancelled"] += 1  # its request timed out or went away while queued
+        return False
+
+    def _finish(self, pendings: list[_Pending], work) -> None:
+        """Run work() -> one result per pending job; a failure fails every job of the group."""
+        try:
+            results = work()
+        except Exception as e:  # reported to each caller; the worker lives on
+            for p in pendings:
+                p.future.set_exception(e)
+            self.stats["failed"] += len(pendings)
+            return
+        for p, r in zip(pendings, results):
+            p.future.set_result(r)
+        self.stats["completed"] += len(pendings)
+
+    def _encode(self, job: EncodeJob) -> EncodeResult:
+        self.stats["encode_jobs"] += 1
+        return self.pipe.encoder.encode(job.images, aligned=job.aligned, keys=job.keys)
+
+    def _render_group(self, group: list[_Pending]) -> list[RenderResult]:
+        """All (vector, seed) pairs of jobs with the same settings, in chunks of max_batch."""
+        steps, sampler, guidance = group[0].job.key
+        vectors = np.concatenate([p.job.vectors for p in group]).astype(np.float32)
+        seeds = [s for p in group for s in p.job.seeds]
+        owners = np.repeat(np.arange(len(group)), [len(p.job) for p in group])
+        images, encoded = [], []
+        for start in range(0, len(seeds), self.max_batch):
+            chunk = slice(start, start + self.max_batch)
+            imgs = render(self.pipe, vectors[chunk], seeds[chunk], guidance, steps, sampler,
+                          on_forward=lambda: self.stats.update(forward_passes=1))
+            images.append(imgs)
+            encoded.append(self._encode_generated(imgs))
+            self.stats["batches"] += 1
+            self.stats["images"] += len(imgs)
+            self.batch_sizes[len(imgs)] += 1
+            self.requests_per_batch[len(set(owners[chunk].tolist()))] += 1
+        images_all, encoded_all = np.concatenate(images), np.concatenate(encoded)
+        bounds = np.cumsum([0] + [len(p.job) for p in group])
+        return [RenderResult(images_all[a:b], encoded_all[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _encode_generated(self, images: np.ndarray) -> np.ndarray:
+        """The black box's vectors of generated canonical crops (for identity distances)."""
+        enc = self.pipe.encoder
+        if not enc.encodes_pixels:  # a lookup table cannot judge new images
+            return np.full((len(images), self.pipe.id_dim), np.nan, np.float32)
+        return enc.encode(list(images), aligned=True).vectors
