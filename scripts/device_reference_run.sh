@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ONE device call that trains the reference model (issue: reference model). Run it
 # through the device tool's `run` with carry=[".whl", "data_compact"]:
-#   bash scripts/device_reference_run.sh 8.5
+#   bash scripts/device_reference_run.sh 8.0
 # Before: rehearse on the CPU (same script, tiny budget):
 #   DEVICE_REHEARSAL=1 bash scripts/device_reference_run.sh 0.3
 # Needs: data_compact/utk64 (scripts/make_compact_data.py; UTKFace may not be committed,
@@ -12,7 +12,7 @@
 # (< 16 MiB each, < 48 MiB in all), meta.tar (configs, run_summary.json, logs) and the
 # last sample grid.
 set -euo pipefail
-MINUTES="${1:-8.5}"
+MINUTES="${1:-8.0}"
 OUT="${OUT:-/tmp/device_out}"
 mkdir -p "$OUT"
 if [ -z "${DEVICE_REHEARSAL:-}" ]; then

@@ -3,7 +3,7 @@
     # here (CPU), the rehearsal with a tiny budget:
     python scripts/reference_train.py --data data_compact/utk64 --out /tmp/rehearsal --minutes 0.3 --preset tiny
     # on the device (see scripts/device_reference_run.sh):
-    python3 scripts/reference_train.py --data data_compact/utk64 --out $OUT/run --minutes 8.5
+    python3 scripts/reference_train.py --data data_compact/utk64 --out $OUT/run --minutes 8.0
 
 It measures the GPU's bf16 matmul rate first (the ceiling), trains with `id3pm.training`
 under a wall-clock budget (warm start from weights/ when present), and writes
@@ -46,7 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--minutes", type=float, default=8.5)
+    p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--preset", default="base")
     p.add_argument("--batch-size", type=int, default=0, help="0: 256 on GPU, 32 on CPU")
     p.add_argument("--lr", type=float, default=2e-4)
@@ -70,7 +70,7 @@ def main() -> None:
     info = json.loads((Path(args.out) / "model" / "id3pm.json").read_text())
     log = [json.loads(line) for line in (Path(args.out) / "log.jsonl").read_text().splitlines()]
     steady = log[len(log) // 2 :] or log  # skip warm-up and compilation
-    ips = sum(r["images_per_second"] for r in steady) / len(steady)
+    ips = sum(r["images_per_second"] for r in steady) / max(len(steady), 1)
     flops = info["training"]["forward_gflops_per_image"] * 1e9
     achieved = 3 * flops * ips / 1e12  # forward + backward (~2x forward)
     summary = {

@@ -280,7 +280,7 @@ def cmd_evaluate(args):
     cfg = EvalConfig(
         out=args.out, models=args.model or [], data=args.data, split=args.split, limit=args.limit,
         train_data=args.train_data, baselines=[b for b in args.baselines.split(",") if b],
-        independent=args.independent or None, pairs=args.pairs, pairs_root=args.pairs_root,
+        independent=args.independent or None, encoder=args.encoder, pairs=args.pairs, pairs_root=args.pairs_root,
         pairs_limit=args.pairs_limit, guidance=args.guidance, steps=args.steps, sampler=args.sampler,
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
         inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
@@ -300,6 +300,7 @@ def _evaluate_flags(p):
     p.add_argument("--train-data", help="prepared set for the nearest-neighbour / random baselines")
     p.add_argument("--baselines", default="nn,random,real", help="nn,random,real,regression=MODEL_DIR")
     p.add_argument("--independent", default="faceres", help="independent encoder spec ('' to skip)")
+    p.add_argument("--encoder", default="dlib", help="conditioning encoder when there is no --data/--model")
     p.add_argument("--pairs", help="LFW pairs.txt or path_a,path_b,same,fold CSV")
     p.add_argument("--pairs-root", help="folder the pair paths are relative to (default: the file's folder)")
     p.add_argument("--pairs-limit", type=int)

@@ -40,7 +40,8 @@ def save_model_dir(path: str | Path, model: IDConditionedUNet, info: dict, max_s
     if dtype is not None:
         import copy
 
-        model = copy.deepcopy(model).to(dtype)
+        # _apply, not .to(): diffusers warns on .to(dtype) of a model it did not load
+        model = copy.deepcopy(model)._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
     model.save_pretrained(path / "unet", safe_serialization=True, max_shard_size=max_shard_size)
     atomic_write_json(path / "id3pm.json", {"format": FORMAT, **info})
     return path

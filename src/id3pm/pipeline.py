@@ -154,29 +154,16 @@ class ID3PMPipeline:
             raise ValueError(f"num_inference_steps must be in 1..{self.diffusion.num_timesteps}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError("guidance_scale must be a finite number >= 0")
-        sample_fn = get_sampler(sampler)
         n, k = len(vectors), int(num_images_per_id)
         attrs, mask = self._attributes(attributes, n, unset_attributes, seed)
-        diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
         jobs = [(i, j) for i in range(n) for j in range(k)]  # (identity, sample)
         images = np.zeros((n, k, self.image_size, self.image_size, 3), dtype=np.uint8)
-        y_all = torch.as_tensor(vectors, device=self.device)
-        chunks = range(0, len(jobs), batch_size)
-        for start in tqdm(chunks, desc="generating", disable=not progress):
+        for start in tqdm(range(0, len(jobs), batch_size), desc="generating", disable=not progress):
             chunk = jobs[start : start + batch_size]
-            ids = torch.tensor([i for i, _ in chunk], device=self.device)
-            gens = make_generators([seed + j for _, j in chunk])
-            x = per_image_noise(gens, (3, self.image_size, self.image_size), self.device)
-            if self.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
-                t0 = torch.zeros(len(chunk), dtype=torch.long, device=self.device)
-                out = self.model(torch.zeros_like(x), t0, id_vector=y_all[ids])
-            else:
-                denoise = guided_denoiser(
-                    self.model, y_all[ids], guidance_scale,
-                    attributes=None if attrs is None else attrs[ids], attr_mask=None if mask is None else mask[ids],
-                )
-                out = sample_fn(denoise, diffusion, x, gens)
-            for (i, j), img in zip(chunk, tensor_to_uint8(out[:, :3])):
+            ids = np.array([i for i, _ in chunk])
+            out = self.render(vectors[ids], [seed + j for _, j in chunk], guidance_scale, num_inference_steps,
+                              sampler, None if attrs is None else attrs[ids], None if mask is None else mask[ids])
+            for (i, j), img in zip(chunk, out):
                 images[i, j] = img
         params = {
             "guidance_scale": guidance_scale,
@@ -197,6 +184,24 @@ class ID3PMPipeline:
             upscaled = flat.reshape(n, k, *flat.shape[1:])
             params["upscale"] = self.upscaler.label
         return PipelineOutput(images, [seed + j for j in range(k)], params, upscaled)
+
+    @torch.inference_mode()
+    def render(self, vectors: np.ndarray, seeds, guidance_scale: float = 2.0, num_inference_steps: int = 25,
+               sampler: str = DEFAULT_SAMPLER, attributes: torch.Tensor | None = None,
+               attr_mask: torch.Tensor | None = None) -> np.ndarray:
+        """One batch: image b from vector vectors[b] and its own generator seeded with
+        seeds[b] (all its noise, so it does not depend on the rest of the batch).
+        (B, D) validated vectors -> (B, H, W, 3) uint8. attributes/attr_mask are the
+        normalised tensors of `_attributes`."""
+        gens = make_generators(seeds)
+        x = per_image_noise(gens, (3, self.image_size, self.image_size), self.device)
+        y = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=self.device)
+        if self.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
+            t0 = torch.zeros(len(y), dtype=torch.long, device=self.device)
+            return tensor_to_uint8(self.model(torch.zeros_like(x), t0, id_vector=y)[:, :3])
+        diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
+        denoise = guided_denoiser(self.model, y, guidance_scale, attributes=attributes, attr_mask=attr_mask)
+        return tensor_to_uint8(get_sampler(sampler)(denoise, diffusion, x, gens)[:, :3])
 
     def invert(self, photos: Sequence[np.ndarray], aligned: bool = False, keys=None, **kwargs):
         """Encode photos with the black box, then generate from their vectors.

@@ -337,7 +337,34 @@ def train(cfg: TrainConfig) -> dict:
     run_start, seconds_before = time.time(), state["train_seconds"]
     step = state["step"]
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not (cfg.progress and accelerator.is_main_process))
-    window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.time()
+    window = {"loss": torch.zeros((), device=device), "steps": 0, "start": time.time()}
+
+    def log_window(step: int, losses: dict) -> None:
+        """One log line for the steps since the last one (also at a budget stop)."""
+        if not window["steps"]:
+            return
+        elapsed = max(time.time() - window["start"], 1e-9)
+        images = window["steps"] * cfg.batch_size
+        record = {
+            "step": step,
+            "loss": window["loss"].item() / window["steps"],
+            "mse": losses["mse"].mean().item(),
+            "vb": losses["vb"].mean().item() if "vb" in losses else None,
+            "lr": lr_at(step - 1),
+            "images_per_second": images / elapsed,
+            "tflops": 3 * flops * images / elapsed / 1e12,  # backward ~ 2x forward
+        }
+        state["last_loss"] = record["loss"]
+        if accelerator.is_main_process:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            for k, v in record.items():
+                if k != "step" and v is not None:
+                    writer.add_scalar(f"train/{k}", v, step)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", ips=f"{record['images_per_second']:.0f}")
+        window.update(loss=torch.zeros((), device=device), steps=0, start=time.time())
+
+    losses: dict = {}
     train_model.train()
     while step < cfg.max_steps:
         if cfg.max_minutes and (time.time() - run_start) / 60 >= cfg.max_minutes:
@@ -360,36 +387,18 @@ def train(cfg: TrainConfig) -> dict:
         state["step"] = step
         state["images_seen"] += cfg.batch_size
         state["train_seconds"] = seconds_before + time.time() - run_start
-        window_loss += loss.detach()  # no host sync per step; .item() only when logging
-        window_steps += 1
+        window["loss"] += loss.detach()  # no host sync per step; .item() only when logging
+        window["steps"] += 1
         bar.update()
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            elapsed = max(time.time() - window_start, 1e-9)
-            images = window_steps * cfg.batch_size
-            record = {
-                "step": step,
-                "loss": window_loss.item() / window_steps,
-                "mse": losses["mse"].mean().item(),
-                "vb": losses["vb"].mean().item() if "vb" in losses else None,
-                "lr": lr_at(step - 1),
-                "images_per_second": images / elapsed,
-                "tflops": 3 * flops * images / elapsed / 1e12,  # backward ~ 2x forward
-            }
-            state["last_loss"] = record["loss"]
-            if accelerator.is_main_process:
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                for k, v in record.items():
-                    if k != "step" and v is not None:
-                        writer.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", ips=f"{record['images_per_second']:.0f}")
-            window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.time()
+            log_window(step, losses)
         if cfg.save_every and step % cfg.save_every == 0:
             save(step)
         if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
             sheet = sample_grid(cfg, ema_model(accelerator.unwrap_model(train_model)).to(device), info, diffusion,
                                 train_set, holdout_set, step, out)
             writer.add_image("samples", sheet, step, dataformats="HWC")
+    log_window(step, losses)
     bar.close()
     save(step)
     if accelerator.is_main_process:

@@ -8,6 +8,7 @@ are decoded on the fly by DataLoader workers.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,17 @@ class PreparedDataset:
         col = f"image_{size}"
         if col not in self.table.column_names:
             raise KeyError(f"{self.path}: no {size}x{size} crops; prepared sizes: {self.manifest['sizes']}")
-        idx = range(len(self)) if indices is None else indices
+        idx = list(range(len(self))) if indices is None else [int(i) for i in indices]
+        if not idx:
+            return np.zeros((0, size, size, 3), np.uint8)
         column = self.table[col]
-        return np.stack([decode_image(column[int(i)].as_py()) for i in idx]) if len(idx) else np.zeros((0, size, size, 3), np.uint8)
+        blobs = [column[i].as_py() for i in idx]
+        if len(blobs) < 2000:
+            return np.stack([decode_image(b) for b in blobs])
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
+            return np.stack(list(pool.map(decode_image, blobs, chunksize=256)))
 
 
 class TrainingSet(torch.utils.data.Dataset):

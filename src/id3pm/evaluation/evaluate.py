@@ -39,6 +39,7 @@ class EvalConfig:
     train_data: str | None = None  # prepared set for the retrieval / random baselines (default: data's train split)
     baselines: list[str] = field(default_factory=lambda: ["nn", "random", "real"])  # + "regression=PATH"
     independent: str | None = "faceres"  # independent encoder spec ("" or None: skip)
+    encoder: str = "dlib"  # conditioning encoder when neither --data nor --model says which
     pairs: str | None = None  # verification pairs (LFW pairs.txt or path_a,path_b,same,fold CSV)
     pairs_root: str | None = None  # folder the pair paths are relative to
     pairs_limit: int | None = None  # only the first N pairs (per fold order)
@@ -93,13 +94,15 @@ class Evaluation:
             enc_spec = self.data.manifest["encoder"]
         elif self.pipes:
             enc_spec = self.pipes[0][1].info["encoder"]
+        elif cfg.pairs:  # real images only: the verification protocol of the encoders themselves
+            enc_spec = parse_encoder_spec(cfg.encoder)
         else:
-            raise ValueError("evaluate needs --data or --model")
+            raise ValueError("evaluate needs --data, --model or --pairs")
         for name, pipe in self.pipes:
             if pipe.info["encoder"].get("name") != enc_spec.get("name"):
                 raise ValueError(f"model {name} was conditioned on {pipe.info['encoder']}, the data on {enc_spec}")
         self.cond = make_encoder(dict(enc_spec))
-        self.size = self.pipes[0][1].image_size if self.pipes else (self.data.manifest["sizes"][0])
+        self.size = self.pipes[0][1].image_size if self.pipes else (self.data.manifest["sizes"][0] if self.data else 64)
         self.ind = make_encoder(parse_encoder_spec(cfg.independent)) if cfg.independent else None
         self.encoders = [("conditioning", self.cond)] + ([("independent", self.ind)] if self.ind else [])
         self.methods = self._methods()

@@ -83,23 +83,28 @@ def one_line(text: Any, limit: int = 400) -> str:
 # Built per app because the limits and the vector length are the server's own: the
 # OpenAPI schema then tells clients the real bounds.
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+MAX_ENTRY = 1000.0
 
 
-def request_models(limits: Limits, id_dim: int, max_steps: int):
+def request_models(limits: Limits, id_dim: int, max_steps: int, direction_names: list[str]):
     def right_length(v: list[float] | None) -> list[float] | None:
         if v is not None and len(v) != id_dim:
             raise ValueError(f"expected an identity vector of {id_dim} numbers, got {len(v)}")
         return v
 
-    Vector = Annotated[list[Finite], AfterValidator(right_length),
+    # Entries bounded so that float32 cannot overflow (identity vectors are O(1) anyway).
+    Entry = Annotated[float, Field(ge=-MAX_ENTRY, le=MAX_ENTRY, allow_inf_nan=False)]
+    Vector = Annotated[list[Entry], AfterValidator(right_length),
                        Field(json_schema_extra={"minItems": id_dim, "maxItems": id_dim})]
     Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 
     class Identity(BaseModel):
         """One identity: its vector, or a photo (base64, any format Pillow reads) to embed."""
-        model_config = ConfigDict(extra="forbid")
-        vector: Vector | None = None
-        image: str | None = Field(None, description="base64 image (a data: URL prefix is allowed)")
+        model_config = ConfigDict(extra="forbid", strict=True,
+                                  json_schema_extra={"oneOf": [{"required": ["vector"]}, {"required": ["image"]}]})
+        # Absent means not given (the schema does not offer null: give the other one instead).
+        vector: Vector = Field(None, description=f"identity vector ({id_dim} numbers)")
+        image: str = Field(None, description="base64 image (a data: URL prefix is allowed)")
         aligned: bool = Field(False, description="the image is already a canonical face crop")
 
         @model_validator(mode="after")
@@ -109,25 +114,32 @@ def request_models(limits: Limits, id_dim: int, max_steps: int):
             return self
 
     class Sampling(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)
         guidance: Finite = Field(2.0, ge=0, le=limits.max_guidance, description="classifier-free guidance scale")
-        steps: int = Field(25, ge=1, le=max_steps)
+        # 2 at least: a one-step respaced schedule breaks GaussianDiffusion (no previous step).
+        steps: int = Field(min(25, max_steps), ge=2, le=max_steps)
         sampler: Sampler = "dpmpp_2m"
         seed: int = Field(0, ge=0, le=2**31 - 1)
 
+    # Defaults never exceed the limits (pydantic does not check defaults).
+    max_n = min(limits.max_n, limits.max_images)
+    max_frames = min(limits.max_frames, limits.max_images)
+    k = min(5, limits.max_strengths, limits.max_images)
+    default_strengths = np.linspace(-2, 2, k).tolist() if k > 1 else [1.0]
+
     class GenerateRequest(Sampling, Identity):
-        n: int = Field(4, ge=1, le=min(limits.max_n, limits.max_images))
+        n: int = Field(min(4, max_n), ge=1, le=max_n)
 
     class InterpolateRequest(Sampling):
         a: Identity
         b: Identity
-        frames: int = Field(7, ge=2, le=min(limits.max_frames, limits.max_images))
+        frames: int = Field(min(7, max_frames), ge=2, le=max_frames)
 
     class EditRequest(Sampling, Identity):
-        direction: str = Field(..., max_length=200)
+        direction: str = Field(..., max_length=200, json_schema_extra={"enum": direction_names} if direction_names else None)
         strengths: list[Annotated[float, Field(ge=-limits.max_strength, le=limits.max_strength,
                                                allow_inf_nan=False)]] = Field(
-            default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0], min_length=1, max_length=limits.max_strengths)
+            default_factory=lambda: list(default_strengths), min_length=1, max_length=limits.max_strengths)
         n: int = Field(1, ge=1, le=limits.max_n)
 
         @model_validator(mode="after")
@@ -139,7 +151,7 @@ def request_models(limits: Limits, id_dim: int, max_steps: int):
 
     class EmbedRequest(BaseModel):
         """The remote-encoder protocol of id3pm.encoders.remote."""
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)
         images: list[str] = Field(..., min_length=1, max_length=limits.max_embed_images,
                                   description="base64 images")
         aligned: bool = False
@@ -243,8 +255,8 @@ SECURITY_HEADERS = [
 
 
 class Guard:
-    """Pure ASGI middleware: checks that need no body run before anything is read.
-    Order: rate limit (also slows token guessing), token, declared body size; then the
+    """Pure ASGI middleware: checks that need no body run before the app reads it.
+    Order: declared body size, rate limit (also slows token guessing), token; then the
     body stream itself is counted, so a client without Content-Length cannot exceed it."""
 
     def __init__(self, app, token: str | None, limits: Limits):
@@ -261,22 +273,26 @@ class Guard:
             await send(message)
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        limit = self.limits.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            return await error(send_with_headers, 400, "invalid Content-Length header")
+        if declared is not None and int(declared) > limit:  # refused unread: the connection closes
+            return await error(send_with_headers, 413, f"request body too large ({declared} bytes > limit {limit} bytes)")
         if scope["path"].startswith("/v1/"):
+            refusal = None
             if self.buckets is not None:
                 wait = self.buckets.take((scope.get("client") or ("unknown",))[0])
                 if wait:
-                    return await error(send_with_headers, 429, f"rate limit exceeded ({self.limits.rate:g} requests/s "
-                                       f"per client); retry in {wait:.1f} s", {"retry-after": str(int(np.ceil(wait)))})
-            if self.token is not None and not self._authorized(headers.get("authorization", "")):
-                return await error(send_with_headers, 401, "missing or wrong token: send 'Authorization: Bearer <token>'",
-                                   {"www-authenticate": "Bearer"})
-        limit = self.limits.max_body_bytes
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return await error(send_with_headers, 400, "invalid Content-Length header")
-            if int(declared) > limit:
-                return await error(send_with_headers, 413, f"request body too large ({declared} bytes > limit {limit} bytes)")
+                    refusal = (429, f"rate limit exceeded ({self.limits.rate:g} requests/s per client); retry in "
+                                    f"{wait:.1f} s", {"retry-after": str(int(np.ceil(wait)))})
+            if refusal is None and self.token is not None and not self._authorized(headers.get("authorization", "")):
+                refusal = (401, "missing or wrong token: send 'Authorization: Bearer <token>'", {"www-authenticate": "Bearer"})
+            if refusal is not None:
+                # Read (and drop) a body within the size limit first: a client still sending
+                # when the server answers and closes gets a broken pipe instead of the reason.
+                await drain(receive, limit)
+                return await error(send_with_headers, *refusal)
         seen = 0
 
         async def counted_receive():
@@ -293,6 +309,16 @@ class Guard:
     def _authorized(self, header: str) -> bool:
         scheme, _, given = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+
+async def drain(receive, limit: int) -> None:
+    seen, more = 0, True
+    while more and seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        more = message.get("more_body", False)
 
 
 async def error(send, status: int, detail: str, headers: dict | None = None) -> None:
@@ -316,11 +342,21 @@ def validation_message(e: ValidationError | RequestValidationError) -> str:
     return one_line(f"{loc}: {msg}{more}" if loc else f"{msg}{more}")
 
 
-async def read_body(request: Request, model, files: dict[str, str] = {}, json_fields: tuple = ()):  # noqa: B006
+def form_value(text: str):
+    """A multipart text field: JSON where it parses (4, 2.5, true, [..], {..}), else the text."""
+    if text.lower() in ("true", "false"):  # what form encoders write for booleans varies
+        return text.lower() == "true"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def read_body(request: Request, model, files: dict[str, str]):
     """A request model from a JSON body, or from a multipart form where `files` maps
     upload fields to how they enter the model ("b64": a base64 string; "identity":
-    {"image": base64}; "append:FIELD": appended to a list field) and `json_fields`
-    are form fields holding JSON text (vectors, lists)."""
+    {"image": base64}; "append:FIELD": appended to a list field). Both go through the
+    same strict JSON validation: true is not a number, "4" is not an integer."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         data: dict[str, Any] = {}
@@ -342,15 +378,10 @@ async def read_body(request: Request, model, files: dict[str, str] = {}, json_fi
                     data.setdefault(how.split(":", 1)[1], []).append(b64)
                 else:
                     data[key] = b64
-            elif key in json_fields:
-                try:
-                    data[key] = json.loads(value)
-                except ValueError:
-                    raise HTTPException(422, f"{key}: not valid JSON") from None
             else:
-                data[key] = value
+                data[key] = form_value(value)
         try:
-            return model.model_validate(data)
+            return model.model_validate_json(json.dumps(data))
         except ValidationError as e:
             raise HTTPException(422, validation_message(e)) from None
     if ctype not in ("application/json", ""):
@@ -386,7 +417,7 @@ def decode_image(b64: str, name: str, max_pixels: int) -> np.ndarray:
     except ImageError as e:
         if "too large" in str(e):
             raise HTTPException(413, one_line(e)) from None
-        raise
+        raise ImageError(re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))) from None  # no addresses
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -487,12 +518,18 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return {name: ((root / name).read_bytes(), kind) for name, kind in kinds.items()}
 
 
-def body_doc(model_name: str, form: dict) -> dict:
-    """OpenAPI requestBody for routes that read JSON or multipart themselves."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{model_name}"}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": form}},
-    }}}
+def body_doc(model_schema: dict, files: dict[str, str], required: list[str]) -> dict:
+    """OpenAPI requestBody of a route that reads JSON or multipart itself: the JSON model,
+    or a form of its uploads plus its plain fields (same bounds; the API parses them as JSON)."""
+    form: dict[str, Any] = {name: {"type": "string", "format": "binary"} for name in files}
+    for name, prop in model_schema["properties"].items():
+        if name not in form and ("enum" in prop or prop.get("type") in ("integer", "number", "boolean", "string")):
+            form[name] = prop
+    return {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model_schema['title']}"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": form, "required": required,
+                                           "additionalProperties": False}},
+    }}
 
 
 def error_responses(*codes: int) -> dict:
@@ -517,11 +554,14 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
     batcher = batcher or Batcher(pipe, limits.max_batch, limits.window_s, limits.max_queue).start()
     service = Service(pipe, batcher, directions, limits)
     max_steps = min(limits.max_steps, pipe.diffusion.num_timesteps)
-    GenerateRequest, InterpolateRequest, EditRequest, EmbedRequest = request_models(limits, pipe.id_dim, max_steps)
+    models = request_models(limits, pipe.id_dim, max_steps, sorted(directions))
+    GenerateRequest, InterpolateRequest, EditRequest, EmbedRequest = models
     page = static_files()
 
     @asynccontextmanager
     async def lifespan(app):
+        if owns_batcher:
+            batcher.start()  # again, if an earlier shutdown closed it
         yield
         if owns_batcher:
             await run_in_threadpool(batcher.close)
@@ -545,16 +585,21 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal error (see the server log)"}, 500)
 
-    upload = {"type": "string", "format": "binary"}
-    scalar = {"guidance": {"type": "number"}, "steps": {"type": "integer"}, "seed": {"type": "integer"},
-              "sampler": {"type": "string", "enum": sorted(SAMPLERS)}, "aligned": {"type": "boolean"}}
+    # Routes that parse their bodies themselves (JSON or multipart): model, upload fields, required form fields.
+    bodies = {"/v1/embed": (EmbedRequest, {"image": "append:images"}, ["image"]),
+              "/v1/generate": (GenerateRequest, {"image": "b64"}, ["image"]),
+              "/v1/interpolate": (InterpolateRequest, {"a": "identity", "b": "identity"}, ["a", "b"]),
+              "/v1/edit": (EditRequest, {"image": "b64"}, ["image", "direction"])}
 
-    @app.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(401, 413, 415, 422, 429, 504),
-              openapi_extra=body_doc("EmbedRequest", {"image": upload, "aligned": scalar["aligned"]}))
+    async def parse(request: Request, path: str):
+        model, files, _ = bodies[path]
+        return await read_body(request, model, files)
+
+    @app.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(400, 401, 413, 415, 422, 429, 504))
     async def embed(request: Request):
         """Identity vectors of face photos: the black box as a service (`--encoder remote`).
         A photo that cannot be used gets null and a reason; the others still get vectors."""
-        req = await read_body(request, EmbedRequest, files={"image": "append:images", "images": "append:images"})
+        req = await parse(request, "/v1/embed")
         names = [f"image {i}" for i in range(len(req.images))]
         images, errors = [], [None] * len(req.images)
         for i, b64 in enumerate(req.images):
@@ -574,13 +619,11 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
                     vectors[i] = [float(x) for x in enc.vectors[j]]
         return EmbedResponse(vectors=vectors, errors=errors, warnings=warnings, dim=pipe.id_dim, encoder=service.encoder_name)
 
-    @app.post("/v1/generate", response_model=GenerateResponse, responses=error_responses(401, 413, 415, 422, 429, 504),
-              openapi_extra=body_doc("GenerateRequest", {"image": upload, "vector": {"type": "string"},
-                                                         "n": {"type": "integer"}, **scalar}))
+    @app.post("/v1/generate", response_model=GenerateResponse, responses=error_responses(400, 401, 413, 415, 422, 429, 504))
     async def generate(request: Request):
         """n samples of one identity (a vector, or the black box's vector of a photo), each
         with its identity distance to that vector."""
-        req = await read_body(request, GenerateRequest, files={"image": "b64"}, json_fields=("vector",))
+        req = await parse(request, "/v1/generate")
         vector, warnings = await service.identity(req, "input")
         seeds = [req.seed + j for j in range(req.n)]
         out = await service.run(RenderJob(np.repeat(vector[None], req.n, 0), seeds, req.guidance, req.steps, req.sampler))
@@ -595,12 +638,10 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
                                 distance_metric=service.metric, params=params, warnings=warnings)
 
     @app.post("/v1/interpolate", response_model=InterpolateResponse,
-              responses=error_responses(401, 413, 415, 422, 429, 504),
-              openapi_extra=body_doc("InterpolateRequest", {"a": upload, "b": upload, "frames": {"type": "integer"},
-                                                            **scalar}))
+              responses=error_responses(400, 401, 413, 415, 422, 429, 504))
     async def interpolate(request: Request):
         """Frames from identity a to identity b, all with one seed."""
-        req = await read_body(request, InterpolateRequest, files={"a": "identity", "b": "identity"}, json_fields=("a", "b"))
+        req = await parse(request, "/v1/interpolate")
         (va, wa), (vb, wb) = await service.identity(req.a, "a"), await service.identity(req.b, "b")
         vectors = interpolate_vectors(va, vb, req.frames)
         out = await service.run(RenderJob(vectors, [req.seed] * req.frames, req.guidance, req.steps, req.sampler))
@@ -615,16 +656,13 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
         return InterpolateResponse(frames=await run_in_threadpool(build), distance_metric=service.metric,
                                    params=params, warnings=wa + wb)
 
-    @app.post("/v1/edit", response_model=EditResponse, responses=error_responses(401, 404, 413, 415, 422, 429, 504),
-              openapi_extra=body_doc("EditRequest", {"image": upload, "vector": {"type": "string"},
-                                                     "direction": {"type": "string"}, "strengths": {"type": "string"},
-                                                     "n": {"type": "integer"}, **scalar}))
+    @app.post("/v1/edit", response_model=EditResponse, responses=error_responses(400, 401, 404, 413, 415, 422, 429, 504))
     async def edit(request: Request):
         """One identity walked along a named direction of the server's --directions file:
         for each strength s, n samples of vector + s * direction."""
         if not directions:
             raise HTTPException(404, "this server has no directions (start it with --directions FILE)")
-        req = await read_body(request, EditRequest, files={"image": "b64"}, json_fields=("vector", "strengths"))
+        req = await parse(request, "/v1/edit")
         if req.direction not in directions:
             raise HTTPException(422, f"unknown direction {req.direction[:40]!r}; this server has {sorted(directions)}")
         vector, warnings = await service.identity(req, "input")
@@ -673,10 +711,11 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (GenerateRequest, InterpolateRequest, EditRequest, EmbedRequest):
+            for path, (model, files, required) in bodies.items():
                 js = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(js.pop("$defs", {}))
                 components[model.__name__] = js
+                schema["paths"][path]["post"]["requestBody"] = body_doc(js, files, required)
             if token is not None:  # every /v1 operation needs the Bearer token
                 schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
                 for path, ops in schema["paths"].items():

@@ -20,6 +20,7 @@ Image i is drawn from its own generator seeded with seeds[i], exactly as in
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -117,7 +118,7 @@ class Batcher:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
         self.pipe, self.max_batch, self.window_s = pipe, int(max_batch), float(window_s)
-        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=int(max_queue))
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=int(max_queue))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Counters, written by the worker only (reads from other threads are for monitoring).
@@ -128,7 +129,9 @@ class Batcher:
 
     # -- the caller's side ------------------------------------------------------------
     def start(self) -> Batcher:
-        if self._thread is None:
+        """Start the worker (again, after close: an app's lifespan may run more than once)."""
+        if not self.alive:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="id3pm-batcher", daemon=True)
             self._thread.start()
         return self
@@ -161,6 +164,8 @@ class Batcher:
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes an idle worker at once
         if self._thread is not None:
             self._thread.join(timeout)
         while True:  # whatever is still queued will never run
@@ -168,7 +173,7 @@ class Batcher:
                 pending = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if pending.future.set_running_or_notify_cancel():
+            if pending is not None and pending.future.set_running_or_notify_cancel():
                 pending.future.set_exception(BatcherClosed("the model worker was shut down"))
 
     # -- the worker -------------------------------------------------------------------
@@ -177,6 +182,8 @@ class Batcher:
         try:
             first = self._queue.get(timeout=0.1)
         except queue.Empty:
+            return []
+        if first is None:  # close() woke us
             return []
         batch, images = [first], len(first.job)
         deadline = time.perf_counter() + self.window_s
@@ -187,6 +194,8 @@ class Batcher:
             try:
                 nxt = self._queue.get(timeout=left)
             except queue.Empty:
+                break
+            if nxt is None:
                 break
             batch.append(nxt)
             images += len(nxt.job)
