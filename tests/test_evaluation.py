@@ -139,13 +139,17 @@ def test_lpips_matches_its_formula(tmp_path):
 
 
 @pytest.mark.shared_data
-def test_verification_on_real_orl_pairs_and_random_baseline():
+@pytest.mark.parametrize("encoder", ["dlib", "faceres"])
+def test_verification_on_real_orl_pairs_and_random_baseline(encoder):
     root = shared_data("orl")
     rows = list(csv.DictReader(open(root / "pairs.csv")))
-    enc = make_encoder("dlib")
+    try:
+        enc = make_encoder(encoder)
+    except FileNotFoundError as e:
+        pytest.skip(f"faceres models missing ({e}); run `make models`")
     paths = sorted({r["path_a"] for r in rows} | {r["path_b"] for r in rows})
     vec = dict(zip(paths, enc.encode([load_image(root / p) for p in paths], keys=paths).vectors))
-    d = np.array([identity_distance(vec[r["path_a"]], vec[r["path_b"]]) for r in rows])
+    d = np.array([identity_distance(vec[r["path_a"]], vec[r["path_b"]], enc.distance) for r in rows])
     same = np.array([r["same"] == "1" for r in rows])
     folds = np.array([int(r["fold"]) for r in rows])
     assert kfold_accuracy(d, same, folds)["mean"] > 0.9
@@ -154,7 +158,7 @@ def test_verification_on_real_orl_pairs_and_random_baseline():
     shuffled = d.copy()
     others = list(vec.values())
     for k in np.flatnonzero(same):
-        shuffled[k] = identity_distance(others[rng.integers(len(others))], vec[rows[k]["path_b"]])
+        shuffled[k] = identity_distance(others[rng.integers(len(others))], vec[rows[k]["path_b"]], enc.distance)
     acc = kfold_accuracy(shuffled, same, folds)["mean"]
     assert 0.35 < acc < 0.65
 
