@@ -21,7 +21,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from id3pm.cli import main as id3pm
-from id3pm.pipeline import shipped_model_path
+from id3pm.modeldir import shipped_path
 
 
 def smoke_model(out: Path, minutes: float) -> Path:
@@ -44,7 +44,7 @@ def smoke_model(out: Path, minutes: float) -> Path:
 def run(out: Path, minutes: float) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    model = shipped_model_path()
+    model = shipped_path("base")
     if model is None:
         print("=" * 78)
         print("SMOKE DEMO: no trained weights are shipped yet, so this trains a tiny model for")

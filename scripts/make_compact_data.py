@@ -12,7 +12,6 @@ import argparse
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from id3pm.data import PreparedDataset

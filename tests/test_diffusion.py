@@ -77,7 +77,10 @@ def test_posterior_matches_bayes_rule():
 
 def test_q_sample_and_x0_eps_round_trip():
     d = _diffusion(name="cosine")
-    x0, noise, t = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.tensor([0, 10, 500, 999])
+    g = torch.Generator().manual_seed(0)
+    # not t = 999: there alpha_bar ~ 2e-9 and x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) amplifies float32 rounding 2e4 times
+    x0, noise = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 900])
     xt = d.q_sample(x0, t, noise)
     torch.testing.assert_close(d.predict_x0(xt, t, noise), x0, atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(d.predict_eps(xt, t, x0), noise, atol=1e-4, rtol=1e-4)

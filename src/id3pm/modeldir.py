@@ -32,6 +32,18 @@ PRESETS = {
 }
 
 
+SHIPPED = {"base": "id3pm-utkface-64", "superres": "id3pm-utkface-sr128"}  # folders under weights/
+
+
+def shipped_path(task: str = "base") -> Path | None:
+    """A model shipped in the repository's weights/ folder (or ./weights), if present."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        candidate = root / "weights" / SHIPPED[task]
+        if (candidate / "id3pm.json").exists():
+            return candidate
+    return None
+
+
 def save_model_dir(path: str | Path, model: IDConditionedUNet, info: dict, max_shard_size: str = "15MB",
                    dtype: torch.dtype | None = None) -> Path:
     """dtype=torch.float16 halves the files (for shipping); loading casts back to float32."""

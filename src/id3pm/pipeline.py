@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from id3pm.diffusion import GaussianDiffusion, make_betas, respace, space_timesteps
 from id3pm.encoders import EncodeResult, Encoder, check_vectors, identity_distance, make_encoder
 from id3pm.images import tensor_to_uint8
-from id3pm.modeldir import load_model_dir
+from id3pm.modeldir import load_model_dir, shipped_path
 from id3pm.sampling import get_sampler, guided_denoiser, make_generators, per_image_noise
 
 DEFAULT_SAMPLER = "dpmpp_2m"
@@ -30,16 +30,6 @@ DEFAULT_SAMPLER = "dpmpp_2m"
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def shipped_model_path() -> Path | None:
-    """The reference model shipped in the repository's weights/ folder, if present."""
-    here = Path(__file__).resolve()
-    for root in (here.parents[2], Path.cwd()):
-        candidate = root / "weights" / "id3pm-utkface-64"
-        if (candidate / "id3pm.json").exists():
-            return candidate
-    return None
 
 
 @dataclass
@@ -71,7 +61,7 @@ class ID3PMPipeline:
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, dtype: torch.dtype = torch.float32):
         """Load a model folder; path=None takes the shipped reference model."""
         if path is None:
-            path = shipped_model_path()
+            path = shipped_path("base")
             if path is None:
                 raise FileNotFoundError("no model given and no shipped model in weights/: pass --model DIR")
         device = device or default_device()

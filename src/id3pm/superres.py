@@ -12,7 +12,6 @@ Without SR weights, `LanczosUpscaler` is the labelled fallback.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,19 +19,10 @@ from PIL import Image
 
 from id3pm.diffusion import GaussianDiffusion, make_betas, respace, space_timesteps
 from id3pm.images import tensor_to_uint8, uint8_to_tensor
-from id3pm.modeldir import load_model_dir
+from id3pm.modeldir import load_model_dir, shipped_path
 from id3pm.sampling import get_sampler, make_generators, per_image_noise
 
 SR_SEED_OFFSET = 7_919  # the SR noise of image seed s comes from seed s + this: fixed by s, not equal to it
-
-
-def shipped_superres_path() -> Path | None:
-    here = Path(__file__).resolve()
-    for root in (here.parents[2], Path.cwd()):
-        candidate = root / "weights" / "id3pm-utkface-sr128"
-        if (candidate / "id3pm.json").exists():
-            return candidate
-    return None
 
 
 class LanczosUpscaler:
@@ -95,6 +85,6 @@ def make_upscaler(spec: str | None, device: str | None = None, size: int = 128):
     if spec == "lanczos":
         return LanczosUpscaler(size)
     if spec == "auto":
-        path = shipped_superres_path()
+        path = shipped_path("superres")
         return DiffusionUpscaler.from_pretrained(path, device) if path else LanczosUpscaler(size)
     return DiffusionUpscaler.from_pretrained(spec, device)

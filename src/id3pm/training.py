@@ -22,7 +22,7 @@ from id3pm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, 
 from id3pm.data import PreparedDataset, TrainingSet
 from id3pm.diffusion import GaussianDiffusion, make_betas
 from id3pm.images import contact_sheet, save_png, tensor_to_uint8
-from id3pm.modeldir import PRESETS, read_info, save_model_dir
+from id3pm.modeldir import PRESETS, save_model_dir
 from id3pm.models import IDConditionedUNet
 
 

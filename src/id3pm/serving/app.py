@@ -11,8 +11,8 @@ Endpoints (OpenAPI at /openapi.json):
   GET  /healthz         liveness + batching counters
   GET  /                a small self-contained web page
 
-Safety: every /v1 call goes through `Guard` (rate limit per client IP, Bearer token,
-body size) before FastAPI sees it; request models bound every number; images are
+Safety: every request goes through `Guard` (body size; on /v1 also a rate limit per client IP
+and the Bearer token) before FastAPI sees it; request models bound every number; images are
 size-checked before decoding; no endpoint touches a path the client names. All errors
 are {"detail": "<one line>"}.
 """
@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hmac
 import io
 import json
 import logging
 import re
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -456,9 +458,31 @@ class Service:
         self.pipe, self.batcher, self.directions, self.limits = pipe, batcher, directions, limits
         self.metric = pipe.info.get("distance", "euclidean")
         self.encoder_name = str(pipe.info.get("encoder", {}).get("name", "unknown"))
+        # A decoded upload may take max_pixels x 3 bytes: only a few at once, whatever the traffic.
+        self.decode_slots = threading.BoundedSemaphore(2)
+
+    def timed(self, route):
+        """The route within the per-request timeout (queueing included): 504 after it. A job
+        still queued when time runs out is dropped (its future is cancelled)."""
+        @functools.wraps(route)
+        async def wrapper(request: Request):
+            try:
+                async with asyncio.timeout(self.limits.timeout_s):
+                    return await route(request)
+            except TimeoutError:
+                raise HTTPException(504, f"the model did not answer within {self.limits.timeout_s:g} s") from None
+
+        return wrapper
+
+    async def decode(self, b64: str, name: str) -> np.ndarray:
+        def work():
+            with self.decode_slots:
+                return decode_image(b64, name, self.limits.max_pixels)
+
+        return await run_in_threadpool(work)
 
     async def run(self, job):
-        """Queue a job for the worker and wait for it, within the request timeout."""
+        """Queue a job for the worker and wait for its result."""
         try:
             future = self.batcher.submit(job)
         except QueueFull as e:
@@ -466,9 +490,7 @@ class Service:
         except BatcherClosed as e:
             raise HTTPException(503, str(e)) from None
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.limits.timeout_s)
-        except TimeoutError:
-            raise HTTPException(504, f"the model did not answer within {self.limits.timeout_s:g} s") from None
+            return await asyncio.wrap_future(future)
         except BatcherClosed as e:
             raise HTTPException(503, str(e)) from None
         except ValueError as e:  # bad input the worker found (e.g. an image it cannot use)
@@ -479,7 +501,7 @@ class Service:
         if ident.vector is not None:
             return np.asarray(ident.vector, np.float32), []
         try:
-            img = await run_in_threadpool(decode_image, ident.image, name, self.limits.max_pixels)
+            img = await self.decode(ident.image, name)
         except ImageError as e:
             raise HTTPException(422, one_line(e)) from None
         enc = await self.run(EncodeJob([img], aligned=ident.aligned, keys=[name]))
@@ -596,6 +618,7 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
         return await read_body(request, model, files)
 
     @app.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(400, 401, 413, 415, 422, 429, 504))
+    @service.timed
     async def embed(request: Request):
         """Identity vectors of face photos: the black box as a service (`--encoder remote`).
         A photo that cannot be used gets null and a reason; the others still get vectors."""
@@ -604,7 +627,7 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
         images, errors = [], [None] * len(req.images)
         for i, b64 in enumerate(req.images):
             try:
-                images.append(await run_in_threadpool(decode_image, b64, names[i], limits.max_pixels))
+                images.append(await service.decode(b64, names[i]))
             except ImageError as e:
                 images.append(None)
                 errors[i] = one_line(e)
@@ -614,12 +637,14 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
         if ok:
             enc = await service.run(EncodeJob([images[i] for i in ok], aligned=req.aligned, keys=[names[i] for i in ok]))
             for j, i in enumerate(ok):
-                errors[i], warnings[i] = enc.errors[j], enc.warnings[j] if enc.warnings else None
+                errors[i] = enc.errors[j]
+                warnings[i] = enc.warnings[j] if enc.warnings else None
                 if enc.errors[j] is None:
                     vectors[i] = [float(x) for x in enc.vectors[j]]
         return EmbedResponse(vectors=vectors, errors=errors, warnings=warnings, dim=pipe.id_dim, encoder=service.encoder_name)
 
     @app.post("/v1/generate", response_model=GenerateResponse, responses=error_responses(400, 401, 413, 415, 422, 429, 504))
+    @service.timed
     async def generate(request: Request):
         """n samples of one identity (a vector, or the black box's vector of a photo), each
         with its identity distance to that vector."""
@@ -639,6 +664,7 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
 
     @app.post("/v1/interpolate", response_model=InterpolateResponse,
               responses=error_responses(400, 401, 413, 415, 422, 429, 504))
+    @service.timed
     async def interpolate(request: Request):
         """Frames from identity a to identity b, all with one seed."""
         req = await parse(request, "/v1/interpolate")
@@ -657,10 +683,12 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
                                    params=params, warnings=wa + wb)
 
     @app.post("/v1/edit", response_model=EditResponse, responses=error_responses(400, 401, 404, 413, 415, 422, 429, 504))
+    @service.timed
     async def edit(request: Request):
         """One identity walked along a named direction of the server's --directions file:
         for each strength s, n samples of vector + s * direction."""
         if not directions:
+            await request.body()  # read first: a client still sending would get a broken pipe, not the reason
             raise HTTPException(404, "this server has no directions (start it with --directions FILE)")
         req = await parse(request, "/v1/edit")
         if req.direction not in directions:
