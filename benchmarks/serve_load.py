@@ -156,7 +156,9 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--window-ms", type=float, default=15)
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    # 1 by default: on a small shared machine, OpenMP threads waiting for a descheduled peer
+    # made single requests take up to 14 s instead of 0.2 s (measured with 2 on 2 busy cores).
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of the server")
     p.add_argument("--max-seconds", type=float, default=300, help="stop a phase after this long")
     p.add_argument("--out", default=str(HERE / "results" / "serve_load.json"))
     args = p.parse_args(argv)

@@ -133,6 +133,7 @@ def test_space_timesteps_hand_values():
     assert space_timesteps(100, "ddim10") == list(range(0, 100, 10))
     assert space_timesteps(10, "3,2") == [0, 2, 4, 5, 9]
     assert space_timesteps(1000, 1000) == list(range(1000))
+    assert space_timesteps(1000, 1) == [999]  # one step starts from pure noise
     with pytest.raises(ValueError):
         space_timesteps(10, 11)
 

@@ -119,3 +119,11 @@ def test_classifier_free_guidance_arithmetic_in_one_forward():
     rec.calls.clear()
     guided_denoiser(rec, y, guidance_scale=1.0)(torch.zeros(2, 3, 2, 2), torch.tensor([1, 1]))
     assert rec.calls == [2]  # s = 1 needs no unconditional pass
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m", "unipc"])
+def test_a_single_step_works(name):
+    d = respace(GaussianDiffusion(BETAS), space_timesteps(1000, 1))
+    gens = make_generators([0])
+    out = get_sampler(name)(fake_network, d, per_image_noise(gens, (3, 4, 4), "cpu"), gens)
+    assert out.shape == (1, 3, 4, 4) and torch.isfinite(out).all()

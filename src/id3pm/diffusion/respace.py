@@ -13,7 +13,8 @@ from id3pm.diffusion.gaussian import GaussianDiffusion
 def space_timesteps(num_timesteps: int, spec: int | str) -> list[int]:
     """Which timesteps to keep.
 
-    spec = N or "N": N steps, evenly spaced, first (0) and last (T-1) included.
+    spec = N or "N": N steps, evenly spaced, first (0) and last (T-1) included
+                     (N = 1: only T-1, one step from pure noise).
     spec = "ddimN": a fixed stride T // N starting at 0 (the DDIM paper's spacing).
     spec = "a,b,c": split [0, T) into equal sections with a, b, c steps each.
     """
@@ -25,6 +26,8 @@ def space_timesteps(num_timesteps: int, spec: int | str) -> list[int]:
                 return list(range(0, num_timesteps, stride))
         raise ValueError(f"cannot take exactly {count} steps with an integer stride from {num_timesteps}")
     counts = [int(c) for c in spec.split(",")]
+    if counts == [1]:
+        return [num_timesteps - 1]
     size_per, extra = divmod(num_timesteps, len(counts))
     kept: list[int] = []
     start = 0

@@ -14,8 +14,8 @@ Every job is a list of (identity vector, seed) pairs, so generate (one vector, n
 seeds), interpolate (F vectors, one seed) and edit (S vectors x n seeds) all merge.
 Pairs of different requests share a forward pass only when their sampling settings
 (steps, sampler, guidance) agree: those fix the network calls of the whole trajectory.
-Image i is drawn from its own generator seeded with seeds[i], exactly as in
-`ID3PMPipeline.__call__`, so a picture does not depend on what it was batched with.
+Batches go through `ID3PMPipeline.render`, where image i has its own generator seeded
+with seeds[i]: a picture does not depend on what it was batched with.
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from id3pm.diffusion import respace, space_timesteps
 from id3pm.encoders import EncodeResult
-from id3pm.images import tensor_to_uint8
-from id3pm.sampling import get_sampler, guided_denoiser, make_generators, per_image_noise
 
 
 class QueueFull(RuntimeError):
@@ -81,36 +78,17 @@ class EncodeJob:
 class _Pending:
     job: RenderJob | EncodeJob
     future: Future
-    queued_at: float = field(default_factory=time.perf_counter)
 
 
-@torch.inference_mode()
-def render(pipe, vectors: np.ndarray, seeds: list[int], guidance: float, steps: int, sampler: str,
-           on_forward=None) -> np.ndarray:
-    """(B, H, W, 3) uint8: image i from vectors[i] and seeds[i]. Equals
-    pipe(vectors[i], num_images_per_id=1, seed=seeds[i]) (the same per-image generator), but
-    the pairs may come from different requests. on_forward() is called once per network call."""
+def render(pipe, vectors: np.ndarray, seeds: list[int], guidance: float, steps: int, sampler: str) -> np.ndarray:
+    """(B, H, W, 3) uint8: image i from vectors[i] and seeds[i] (the pipeline's batch
+    primitive), so it equals pipe(vectors[i], num_images_per_id=1, seed=seeds[i]) whatever
+    requests the pairs came from. The API has no attribute controls: an attribute model
+    gets its attributes dropped (the model decides), as with `unset_attributes="drop"`."""
     if not 1 <= steps <= pipe.diffusion.num_timesteps:
         raise ValueError(f"steps must be in 1..{pipe.diffusion.num_timesteps}")
-    sample_fn = get_sampler(sampler)
-    diffusion = respace(pipe.diffusion, space_timesteps(pipe.diffusion.num_timesteps, steps))
-    y = torch.as_tensor(np.asarray(vectors, np.float32), device=pipe.device)
-    gens = make_generators(seeds)
-    x = per_image_noise(gens, (3, pipe.image_size, pipe.image_size), pipe.device)
-    attrs, mask = pipe._attributes(None, len(seeds))  # attribute models: attributes dropped
-    count = on_forward or (lambda: None)
-    if pipe.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
-        count()
-        out = pipe.model(torch.zeros_like(x), torch.zeros(len(seeds), dtype=torch.long, device=pipe.device), id_vector=y)
-    else:
-        denoise = guided_denoiser(pipe.model, y, guidance, attributes=attrs, attr_mask=mask)
-
-        def counted(x_t, t):
-            count()
-            return denoise(x_t, t)
-
-        out = sample_fn(counted, diffusion, x, gens)
-    return tensor_to_uint8(out[:, :3])
+    attrs, mask = pipe._attributes(None, len(seeds))
+    return pipe.render(vectors, seeds, guidance, steps, sampler, attrs, mask)
 
 
 class Batcher:
@@ -203,6 +181,19 @@ class Batcher:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        worker = threading.current_thread()
+
+        def count(module, args, output):  # network calls of this worker (not of other users of the model)
+            if threading.current_thread() is worker:
+                self.stats["forward_passes"] += 1
+
+        hook = self.pipe.model.register_forward_hook(count)
+        try:
+            self._loop()
+        finally:
+            hook.remove()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             gathered = [p for p in self._gather() if self._claim(p)]
             for p in (p for p in gathered if isinstance(p.job, EncodeJob)):
@@ -246,8 +237,7 @@ class Batcher:
         images, encoded = [], []
         for start in range(0, len(seeds), self.max_batch):
             chunk = slice(start, start + self.max_batch)
-            imgs = render(self.pipe, vectors[chunk], seeds[chunk], guidance, steps, sampler,
-                          on_forward=lambda: self.stats.update(forward_passes=1))
+            imgs = render(self.pipe, vectors[chunk], seeds[chunk], guidance, steps, sampler)
             images.append(imgs)
             encoded.append(self._encode_generated(imgs))
             self.stats["batches"] += 1
