@@ -14,6 +14,7 @@ difference it causes. On GPU: CUDA events, warm-up, medians. Results also go to 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -127,6 +128,7 @@ def main() -> None:
     p.add_argument("--full-steps", action="store_true", help="also 1000 steps for every sampler (slow on CPU)")
     p.add_argument("--repeats", type=int, default=0, help="timed runs per row (default 1 on CPU, 5 on GPU)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compilation)")
+    p.add_argument("--only-optimisations", action="store_true", help="skip the sampler table")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     device = args.device
@@ -165,14 +167,14 @@ def main() -> None:
         return row
 
     print("\n-- samplers (optimised: one batched cond+uncond forward, inference mode) --")
-    for sampler in args.samplers.split(","):
+    for sampler in ([] if args.only_optimisations else args.samplers.split(",")):
         for steps in [int(s) for s in args.steps.split(",")]:
             measure("optimised", sampler, steps)
         if device == "cuda" or args.full_steps:
             measure("optimised", sampler, 1000, rep=1)
 
     # the CPU cannot afford 1000 steps at full batch for every sampler: one image tells the per-step cost
-    if device == "cpu" and not args.full_steps:
+    if device == "cpu" and not args.full_steps and not args.only_optimisations:
         full = batch
         batch = 1
         print("(full 1000-step DDPM on the CPU at batch 1; --full-steps for every sampler)")
@@ -180,40 +182,65 @@ def main() -> None:
         batch = full
 
     print("\n-- optimisations at 25 steps, dpmpp_2m, against the naive baseline --")
-    ref = run_sampler(model, diffusion, "dpmpp_2m", 25, batch, device, "naive")
-    base = measure("naive (2 forwards, fp32)", "dpmpp_2m", 25, "naive")
     effects = []
+    probe_x = torch.randn(batch, 3, 64, 64, device=device)
+    probe_y = torch.randn(batch, 128, device=device)
 
-    def effect(name, row, out):
-        diff = float((out.float() - ref.float()).abs().max() * 127.5)
-        effects.append({"optimisation": name, "speedup_vs_naive": row["images_per_s"] / base["images_per_s"],
-                        "max_pixel_difference": diff})
+    def eps_of(mdl, variant, dtype):
+        """Guided noise prediction at three timesteps: what each step of every sampler uses."""
+        outs = []
+        for t in (50, 500, 950):
+            tt = torch.full((batch,), t, device=device)
+            x = probe_x.contiguous(memory_format=torch.channels_last) if variant == "channels_last" else probe_x
+            den = naive_denoiser(mdl, probe_y, 2.0) if variant == "naive" else guided_denoiser(mdl, probe_y, 2.0)
+            with torch.inference_mode(), torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+                outs.append(den(x, tt)[:, :3].float())
+        return torch.stack(outs)
 
-    opt = measure("batched cond+uncond", "dpmpp_2m", 25)
-    effect("batched cond+uncond", opt, run_sampler(model, diffusion, "dpmpp_2m", 25, batch, device))
-    model_cl = model.to(memory_format=torch.channels_last)
-    cl = measure("+ channels_last", "dpmpp_2m", 25, "channels_last", mdl=model_cl)
-    effect("+ channels_last", cl, run_sampler(model_cl, diffusion, "dpmpp_2m", 25, batch, device, "channels_last"))
-    model = model.to(memory_format=torch.contiguous_format)
-    bf = measure("+ bf16 autocast", "dpmpp_2m", 25, dtype=half)
-    effect("+ bf16 autocast", bf, run_sampler(model, diffusion, "dpmpp_2m", 25, batch, device, dtype=half))
+    reference = eps_of(model, "naive", torch.float32)
+    base = None
+    variants = [("naive: 2 forwards, fp32", "naive", torch.float32, model),
+                ("batched cond+uncond", "optimised", torch.float32, model)]
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    variants += [("batched + channels_last", "channels_last", torch.float32, model_cl),
+                 ("batched + channels_last + bf16", "channels_last", half, model_cl)]
     if args.compile:
         t = time.time()
-        compiled = torch.compile(model)
-        run_sampler(compiled, diffusion, "dpmpp_2m", 2, batch, device)
+        compiled = torch.compile(model_cl)
+        run_sampler(compiled, diffusion, "dpmpp_2m", 2, batch, device, "channels_last", half)
         print(f"(compilation took {time.time() - t:.0f} s)")
-        co = measure("+ torch.compile", "dpmpp_2m", 25, mdl=compiled)
-        effect("+ torch.compile", co, run_sampler(compiled, diffusion, "dpmpp_2m", 25, batch, device))
-    print("\n| optimisation | speed-up vs naive | max pixel difference (0..255) |\n|---|---|---|")
+        variants.append(("batched + channels_last + bf16 + compile", "channels_last", half, compiled))
+    for name, variant, dtype, mdl in variants:
+        row = measure(name, "dpmpp_2m", 25, variant, dtype, mdl=mdl)
+        base = base or row
+        err = (eps_of(mdl, variant, dtype) - reference).abs()
+        effects.append({"optimisation": name, "images_per_s": row["images_per_s"],
+                        "speedup_vs_naive": row["images_per_s"] / base["images_per_s"],
+                        "fraction_of_ceiling": row["fraction_of_matmul_rate"],
+                        "eps_max_abs_difference": float(err.max()), "eps_mean_abs_difference": float(err.mean())})
+    if device == "cpu":  # smaller batches keep the feature maps in cache on a CPU
+        full = batch
+        for b in (1, 2):
+            batch = b
+            probe = measure(f"batched + channels_last + bf16, batch {b}", "dpmpp_2m", 25, "channels_last", half,
+                            mdl=model_cl)
+            effects.append({"optimisation": f"batched + channels_last + bf16, batch {b}", "images_per_s": probe["images_per_s"],
+                            "speedup_vs_naive": probe["images_per_s"] / base["images_per_s"],
+                            "fraction_of_ceiling": probe["fraction_of_matmul_rate"],
+                            "eps_max_abs_difference": effects[3]["eps_max_abs_difference"],
+                            "eps_mean_abs_difference": effects[3]["eps_mean_abs_difference"]})
+        batch = full
+    print("\n| optimisation | images/s | speed-up vs naive | % of ceiling | eps max / mean abs difference |\n|---|---|---|---|---|")
     for e in effects:
-        print(f"| {e['optimisation']} | {e['speedup_vs_naive']:.2f}x | {e['max_pixel_difference']:.2f} |")
+        print(f"| {e['optimisation']} | {e['images_per_s']:.2f} | {e['speedup_vs_naive']:.2f}x | "
+              f"{e['fraction_of_ceiling'] * 100:.0f}% | {e['eps_max_abs_difference']:.4f} / {e['eps_mean_abs_difference']:.5f} |")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"device": device, "batch": batch, "preset": args.preset, "threads": torch.get_num_threads(),
               "forward_gflops_per_image": flops / 1e9, "matmul_tflops": {"fp32": rate_fp32 / 1e12, "bf16": rate_bf16 / 1e12}, "rates": RATES,
               "rows": rows, "optimisations": effects, "torch": torch.__version__}
-    path = out / f"sampling_{device}.json"
+    path = out / f"sampling_{device}{'_optimisations' if args.only_optimisations else ''}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {path}")
 

@@ -114,3 +114,15 @@ def test_cli_controls_write_strips_gif_and_json(trained_tiny, tmp_path):
     assert (tmp_path / "e" / "edit_toward_b.png").exists()
     assert main(["edit", str(a), "--directions", str(tmp_path / "d.json"), "--direction", "age",
                  "--out", str(tmp_path / "e"), *common]) == 2
+
+
+def test_bf16_precision_stays_close_to_fp32(trained_tiny, pipe):
+    model, _, vectors = trained_tiny
+    fast = ID3PMPipeline.from_pretrained(model, device="cpu", precision="bf16")
+    kw = dict(num_images_per_id=2, num_inference_steps=20, seed=2)
+    a = pipe(vectors, **kw).images.astype(float)
+    b = fast(vectors, **kw)
+    assert b.params["precision"] == "bf16" and pipe.precision == "fp32"
+    assert np.abs(a - b.images).mean() < 6  # 0..255 pixel levels, on average over the pictures
+    with pytest.raises(ValueError, match="precision must be"):
+        ID3PMPipeline.from_pretrained(model, device="cpu", precision="fp8")

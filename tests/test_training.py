@@ -62,3 +62,21 @@ def test_batch_order_covers_each_epoch_once_and_splits_across_processes():
     parts = np.concatenate([order.indices(2, rank=r, world=2) for r in range(2)])
     assert (parts == order.indices(2)).all()
     assert (BatchOrder(10, 4, 3).indices(4) == order.indices(4)).all()
+
+
+def test_regression_baseline_decoder_learns_its_images(tmp_path):
+    """The paper's Eq. 4 baseline, trained with the same command: g(y) -> x by MSE."""
+    from conftest import distinct_images, pooled
+
+    from id3pm.pipeline import ID3PMPipeline
+
+    prepared, images, vectors = make_tiny_prepared(tmp_path / "d", n=4, size=8)
+    train(TrainConfig(out=str(tmp_path / "reg"), data=str(prepared), task="regression", max_steps=300, save_every=300,
+                      **TINY_TRAIN))
+    pipe = ID3PMPipeline.from_pretrained(tmp_path / "reg" / "model", device="cpu")
+    assert pipe.info["task"] == "regression"
+    out = pipe(vectors, num_images_per_id=2, seed=0).images
+    assert np.array_equal(out[:, 0], out[:, 1])  # one-to-one: no diversity at all
+    targets = pooled(np.stack(distinct_images(4, 8)))
+    for i in range(4):
+        assert ((targets - pooled(out[i, 0])) ** 2).mean(axis=(1, 2, 3)).argmin() == i

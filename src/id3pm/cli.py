@@ -31,6 +31,8 @@ def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast: default on GPU; on a CPU with AVX512-BF16 about 2x faster")
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--pose", help="attribute models: yaw=30,pitch=0,roll=0 (degrees)")
     p.add_argument("--expression", help="attribute models: mouth_open=0.3,smile=1.1,eye_open=0.3")
@@ -65,7 +67,7 @@ def load_pipeline(args):
     from id3pm.pipeline import ID3PMPipeline
     from id3pm.superres import make_upscaler
 
-    pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device)
+    pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
     pipe.upscaler = make_upscaler(args.upscale, device=args.device, size=args.upscale_size)
     if pipe.upscaler is not None:
         print(f"upscaling with {pipe.upscaler.label}", file=sys.stderr)
@@ -351,8 +353,9 @@ def cmd_sweep(args):
 
     atomic_write_json(out / "sweep.json", {"input": args.image, "guidance": args.guidance, "seeds": seeds,
                                            "identity_distance": dist.tolist(), "distance": pipe.info.get("distance")})
-    means = np.nanmean(dist, axis=0)
-    print("mean identity distance per guidance scale: " + ", ".join(f"{g:g}: {m:.3f}" for g, m in zip(args.guidance, means)))
+    if np.isfinite(dist).any():
+        means = [np.nanmean(col) if np.isfinite(col).any() else float("nan") for col in dist.T]
+        print("mean identity distance per guidance scale: " + ", ".join(f"{g:g}: {m:.3f}" for g, m in zip(args.guidance, means)))
     print(f"grid: {out / 'sweep.png'}")
     return 0
 

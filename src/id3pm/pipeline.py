@@ -46,8 +46,10 @@ def _shown(out: PipelineOutput) -> np.ndarray:
 
 
 class ID3PMPipeline:
-    def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu", encoder: Encoder | None = None):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu", encoder: Encoder | None = None,
+                 precision: str = "auto"):
+        # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (measured: benchmarks/sampling.py)
+        self.model = model.to(memory_format=torch.channels_last)
         self.info = info
         self.device = torch.device(device)
         self.diffusion = GaussianDiffusion(make_betas(info["diffusion"]["schedule"], info["diffusion"]["num_timesteps"]))
@@ -56,19 +58,26 @@ class ID3PMPipeline:
         self.id_dim = int(info["id_dim"])
         self.model_path: str | None = None
         self.upscaler = None  # id3pm.superres.DiffusionUpscaler or LanczosUpscaler, for upscale=True
+        if precision == "auto":  # bf16 where it is free of doubt (GPU); on CPUs it is opt-in
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        self.precision = precision
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, dtype: torch.dtype = torch.float32):
-        """Load a model folder; path=None takes the shipped reference model."""
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, precision: str = "auto"):
+        """Load a model folder; path=None takes the shipped reference model. precision:
+        "fp32", "bf16" (autocast; about 2.2x faster on a CPU with AVX512-BF16, noise
+        predictions within ~0.05 of fp32) or "auto" (bf16 on GPU, fp32 on CPU)."""
         if path is None:
             path = shipped_path("base")
             if path is None:
                 raise FileNotFoundError("no model given and no shipped model in weights/: pass --model DIR")
         device = device or default_device()
-        model, info = load_model_dir(path, device=device, dtype=dtype)
+        model, info = load_model_dir(path, device=device)
         if info.get("task") not in ("base", "regression"):
             raise ValueError(f"{path}: a {info.get('task')!r} model is not an identity-conditioned generator")
-        pipe = cls(model, info, device)
+        pipe = cls(model, info, device, precision=precision)
         pipe.model_path = str(path)
         return pipe
 
@@ -162,6 +171,7 @@ class ID3PMPipeline:
             "seed": seed,
             "model": self.model_path,
             "encoder": self.info["encoder"].get("name"),
+            "precision": self.precision,
         }
         if attributes is not None:
             params["attributes"] = attributes if isinstance(attributes, dict) else np.asarray(attributes).tolist()
@@ -185,7 +195,12 @@ class ID3PMPipeline:
         normalised tensors of `_attributes`."""
         gens = make_generators(seeds)
         x = per_image_noise(gens, (3, self.image_size, self.image_size), self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=self.device)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self._render(x, y, gens, guidance_scale, num_inference_steps, sampler, attributes, attr_mask)
+
+    def _render(self, x, y, gens, guidance_scale, num_inference_steps, sampler, attributes, attr_mask) -> np.ndarray:
         if self.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
             t0 = torch.zeros(len(y), dtype=torch.long, device=self.device)
             return tensor_to_uint8(self.model(torch.zeros_like(x), t0, id_vector=y)[:, :3])

@@ -240,6 +240,14 @@ class Evaluation:
         _, _, vectors = self.originals()
         vectors = vectors[: self.cfg.diversity_ids]
         est = AttributeEstimator(["pose", "expression"], aligner=self.cond.aligner)
+        emotion = None
+        try:  # human's emotion model, when `make models` fetched it
+            from id3pm.alignment import recrop
+            from id3pm.encoders.faceres import EmotionModel
+
+            emotion = EmotionModel()
+        except FileNotFoundError:
+            pass
         lpips = None
         if self.cfg.lpips_backbone and self.cfg.lpips_heads:
             from id3pm.evaluation.features import LPIPS
@@ -248,11 +256,15 @@ class Evaluation:
         out = {}
         for m in [m for m in self.methods if m.generative or isinstance(m, NearestNeighbour)]:
             samples = m.reconstruct(vectors, self.cfg.diversity_samples, self.cfg.seed + 1000)
-            per_id = {"pose_deg": [], "expression": [], "one_minus_ms_ssim": [], "lpips": [], "identity_spread": []}
+            per_id = {"pose_deg": [], "expression": [], "emotion": [], "one_minus_ms_ssim": [], "lpips": [],
+                      "identity_spread": []}
             for imgs in tqdm(samples, desc=f"diversity: {m.name}", leave=False):
                 attrs = np.stack([est.estimate_aligned(im) for im in imgs])
                 per_id["pose_deg"].append(mean_pairwise(attrs[:, :3]))
                 per_id["expression"].append(mean_pairwise(attrs[:, 3:]))
+                if emotion is not None:  # total variation between emotion distributions
+                    probs = emotion.predict([recrop(im, emotion.crop.padding, emotion.crop.size) for im in imgs])
+                    per_id["emotion"].append(mean_pairwise(probs, lambda a, b: 0.5 * float(np.abs(a - b).sum())))
                 i, j = np.triu_indices(len(imgs), 1)
                 per_id["one_minus_ms_ssim"].append(float(1 - ms_ssim(imgs[i], imgs[j]).mean()))
                 if lpips is not None:
@@ -316,7 +328,8 @@ class Evaluation:
             ax.set_title(f"{enc_name} encoder ({enc.name}, {enc.distance})")
             ax.set_xlabel("identity distance to the original")
             ax.set_ylabel("density")
-            ax.legend(fontsize=7)
+            if ax.lines:
+                ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(self.out / "identity_distance.png", dpi=100)
         plt.close(fig)
@@ -359,9 +372,10 @@ def render_report(m: dict, encoders) -> str:
         lines.append("")
     if m.get("diversity"):
         lines += ["## Diversity among samples of one identity (higher is more diverse)", "",
-                  "| method | pose (deg) | expression | 1 - MS-SSIM | LPIPS | identity spread |", "|---|---|---|---|---|---|"]
+                  "| method | pose (deg) | expression | emotion (TV) | 1 - MS-SSIM | LPIPS | identity spread |",
+                  "|---|---|---|---|---|---|---|"]
         for name, d in m["diversity"].items():
-            lines.append(f"| {name} | {_fmt(d.get('pose_deg'))} | {_fmt(d.get('expression'))} | "
+            lines.append(f"| {name} | {_fmt(d.get('pose_deg'))} | {_fmt(d.get('expression'))} | {_fmt(d.get('emotion'))} | "
                          f"{_fmt(d.get('one_minus_ms_ssim'))} | {_fmt(d.get('lpips'))} | {_fmt(d.get('identity_spread'))} |")
         lines.append("")
     if m.get("fid"):
