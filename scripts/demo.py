@@ -4,8 +4,8 @@ the black box.
 With shipped reference weights (weights/) it uses them. Without them it is a SMOKE
 DEMO: it trains a tiny model for a few minutes on the 25x25 LFW faces that ship
 with scikit-image, so that every stage (detection, alignment, encoding, training,
-guided sampling, identity measurement) runs for real; its pictures are blurry
-blobs, not faces of the astronaut.
+guided sampling, identity measurement) runs for real; its pictures are blurry grey
+faces, not convincing pictures of the astronaut.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def run(out: Path, minutes: float) -> int:
         print("=" * 78)
         print("SMOKE DEMO: no trained weights are shipped yet, so this trains a tiny model for")
         print(f"about {minutes:g} minutes on scikit-image's 25x25 LFW faces. It exercises every stage")
-        print("for real, but its pictures are blurry blobs, not faces of the astronaut.")
+        print("for real, but its pictures are blurry grey faces, not convincing pictures of her.")
         print("=" * 78)
         model = smoke_model(out, minutes)
     astronaut = out / "astronaut.png"
