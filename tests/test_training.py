@@ -80,3 +80,22 @@ def test_regression_baseline_decoder_learns_its_images(tmp_path):
     targets = pooled(np.stack(distinct_images(4, 8)))
     for i in range(4):
         assert ((targets - pooled(out[i, 0])) ** 2).mean(axis=(1, 2, 3)).argmin() == i
+
+
+def test_accelerate_launch_with_two_processes(prepared, tmp_path):
+    """The multi-GPU path (DDP via `accelerate launch`), exercised with two CPU processes."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "id3pm.cli", "train", str(prepared),
+           str(tmp_path / "run"), "--preset", "tiny", "--size", "8", "--model", json.dumps(TINY_TRAIN["model"]),
+           "--batch-size", "8", "--max-steps", "4", "--save-every", "2", "--sample-every", "0", "--log-every", "2",
+           "--progress", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4 and state["images_seen"] == 32  # the global batch, split over 2 processes
+    assert (tmp_path / "run" / "model" / "id3pm.json").exists()
