@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from id3pm.serving.app import Limits, create_app
+from id3pm.serving.app import create_app
 from id3pm.serving.batching import Batcher, EncodeJob, QueueFull, RenderJob, render
+from id3pm.serving.limits import Limits
 
 
 def is_loopback(host: str) -> bool:

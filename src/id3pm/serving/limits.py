@@ -1,0 +1,29 @@
+"""The server's bounds, in one place: the guard, the request models and the worker all read them.
+
+The request models are built from these numbers (see `schemas.request_models`), so the
+OpenAPI schema tells clients the real bounds of this server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 8 * 1024 * 1024  # whole request body (413)
+    max_pixels: int = 16_000_000  # decoded image size, checked from the header before decoding (413)
+    max_embed_images: int = 16  # images per /v1/embed call
+    max_n: int = 16  # samples per generate / per strength in edit
+    max_images: int = 32  # images one request may ask for in total
+    max_steps: int = 100
+    max_guidance: float = 20.0
+    max_frames: int = 16
+    max_strengths: int = 9
+    max_strength: float = 10.0
+    rate: float = 5.0  # requests per second per client IP on /v1 (0: no rate limit)
+    burst: int = 20  # bucket size: requests a client may send at once
+    timeout_s: float = 120.0  # per request, queueing included (504)
+    max_batch: int = 16  # images per batched forward pass
+    window_s: float = 0.015  # how long the worker waits to fill a batch
+    max_queue: int = 64  # requests waiting for the model; more get 429 at once
