@@ -532,3 +532,21 @@ def test_fuzz_the_openapi_schema_finds_no_server_error(fuzz_schema, method, path
 
     check()
     assert sum(seen.values()) >= 1 and all(code < 500 for code in seen)
+
+
+def test_generate_with_upscaling_and_without_an_upscaler(model_dir, pipe, directions):
+    from id3pm.superres import LanczosUpscaler
+
+    r = None
+    with client_for(create_app(pipe, directions, limits=OPEN)) as c:
+        r = c.post("/v1/generate", json={"vector": vec(), "n": 1, "steps": 2, "upscale": True})
+    assert r.status_code == 422 and "no upscaler" in r.json()["detail"]
+    up_pipe = ID3PMPipeline.from_pretrained(model_dir, device="cpu")
+    up_pipe.upscaler = LanczosUpscaler(size=32)
+    with client_for(create_app(up_pipe, directions, limits=OPEN)) as c:
+        r = c.post("/v1/generate", json={"vector": vec(), "n": 2, "steps": 2, "upscale": True})
+    assert r.status_code == 200, r.text
+    img = r.json()["images"][0]
+    assert decode_png(img["png"]).shape == (32, 32, 3)
+    meta = Image.open(io.BytesIO(base64.b64decode(img["png"]))).text
+    assert "lanczos" in meta["id3pm"] and meta["Synthetic"] == "true"

@@ -479,7 +479,7 @@ def cmd_serve(args):
                     timeout_s=args.timeout, rate=args.rate, burst=args.burst,
                     max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels)
     serve(args.model, directions=args.directions, host=args.host, port=args.port, token=token, device=args.device,
-          limits=limits, log_level=args.log_level)
+          limits=limits, log_level=args.log_level, upscale=args.upscale)
     return 0
 
 
@@ -499,6 +499,9 @@ def _serve_flags(p):
     p.add_argument("--max-body-mb", type=float, default=8, help="largest request body")
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest input image (width x height)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--upscale", nargs="?", const="auto", default=None,
+                   help="let requests ask for super-resolution: SR model folder, 'lanczos', or no value for the "
+                        "shipped SR model (Lanczos when none is shipped)")
 
 
 SETUP = {"sweep": _sweep_flags, "interpolate": _interpolate_flags, "directions": _directions_flags,

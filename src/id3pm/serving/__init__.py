@@ -34,7 +34,8 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          device: str | None = None, limits: Limits | None = None, log_level: str = "info") -> None:
+          device: str | None = None, limits: Limits | None = None, log_level: str = "info",
+          upscale: str | None = None) -> None:
     """Load the model and run the API with uvicorn until interrupted."""
     check_bind(host, token)  # before the (slow) model load
     import uvicorn
@@ -42,7 +43,10 @@ def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000
     from id3pm.controls import load_directions
     from id3pm.pipeline import ID3PMPipeline
 
+    from id3pm.superres import make_upscaler
+
     pipe = ID3PMPipeline.from_pretrained(model, device=device)
+    pipe.upscaler = make_upscaler(upscale, device=device)  # requests ask for it with "upscale": true
     app = create_app(pipe, load_directions(directions) if directions else None, token=token, limits=limits)
     # proxy_headers=False: the rate limit keys on the real peer address, never on a
     # client-supplied X-Forwarded-For.

@@ -49,10 +49,11 @@ class RenderJob:
     guidance: float = 2.0
     steps: int = 25
     sampler: str = "dpmpp_2m"
+    upscale: bool = False  # run the pipeline's upscaler on the pictures
 
     @property
     def key(self) -> tuple:  # jobs with equal keys can share forward passes
-        return (int(self.steps), str(self.sampler), float(self.guidance))
+        return (int(self.steps), str(self.sampler), float(self.guidance), bool(self.upscale))
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -230,7 +231,7 @@ class Batcher:
 
     def _render_group(self, group: list[_Pending]) -> list[RenderResult]:
         """All (vector, seed) pairs of jobs with the same settings, in chunks of max_batch."""
-        steps, sampler, guidance = group[0].job.key
+        steps, sampler, guidance, upscale = group[0].job.key
         vectors = np.concatenate([p.job.vectors for p in group]).astype(np.float32)
         seeds = [s for p in group for s in p.job.seeds]
         owners = np.repeat(np.arange(len(group)), [len(p.job) for p in group])
@@ -238,6 +239,8 @@ class Batcher:
         for start in range(0, len(seeds), self.max_batch):
             chunk = slice(start, start + self.max_batch)
             imgs = render(self.pipe, vectors[chunk], seeds[chunk], guidance, steps, sampler)
+            if upscale:  # the base picture's seed fixes the SR noise too, as in the pipeline
+                imgs = self.pipe.upscaler(imgs, seeds[chunk])
             images.append(imgs)
             encoded.append(self._encode_generated(imgs))
             self.stats["batches"] += 1

@@ -38,6 +38,7 @@ class Service:
         self.batcher, self.limits = batcher, limits
         self.metric = pipe.info.get("distance", "euclidean")
         self.encoder_name = str(pipe.info.get("encoder", {}).get("name", "unknown"))
+        self.upscaler = getattr(pipe, "upscaler", None)
         # A decoded upload may take max_pixels x 3 bytes: only a few at once, whatever the traffic.
         self.decode_slots = threading.BoundedSemaphore(2)
 
@@ -91,7 +92,9 @@ class Service:
 
     async def render(self, req, vectors: np.ndarray, seeds: list[int]) -> RenderResult:
         """One picture per (vector, seed), with the request's sampling settings."""
-        return await self.run(RenderJob(vectors, seeds, req.guidance, req.steps, req.sampler))
+        if req.upscale and self.upscaler is None:
+            raise HTTPException(422, "this server has no upscaler: start it with --upscale")
+        return await self.run(RenderJob(vectors, seeds, req.guidance, req.steps, req.sampler, req.upscale))
 
     async def render_samples(self, req, vectors: np.ndarray, n: int) -> tuple[RenderResult, list[int]]:
         """(result, seeds): n samples of each vector, vector after vector, every vector with the
@@ -103,8 +106,9 @@ class Service:
         return [finite_or_none(d) for d in identity_distance(encoded, reference[None], self.metric)]
 
     def params(self, req, **extra) -> dict:
+        upscale = {"upscale": self.upscaler.label} if req.upscale and self.upscaler is not None else {}
         return {"guidance": req.guidance, "steps": req.steps, "sampler": req.sampler, "seed": req.seed,
-                "encoder": self.encoder_name, **extra}
+                "encoder": self.encoder_name, **upscale, **extra}
 
     async def pictures(self, out: RenderResult, params: dict, labels: list[dict], references: dict, model) -> list:
         """One `model` per rendered picture i: its PNG (params and labels[i] in its metadata), the
