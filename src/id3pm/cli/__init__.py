@@ -1,0 +1,32 @@
+"""The `id3pm` command. Each subcommand parses its flags and calls the package; the
+commands live in the modules of this package, grouped by what they are for."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from id3pm.cli import controls, data, evaluate, generate, serve  # noqa: F401  (they register their commands)
+from id3pm.cli.registry import COMMANDS
+
+ORDER = ["prepare", "train", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "serve"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="id3pm", description="Invert black-box face recognition models via diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ORDER:
+        spec = COMMANDS[name]
+        p = sub.add_parser(name, help=spec["help"], description=spec["help"])
+        spec["flags"](p)
+        p.set_defaults(func=spec["run"])
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"id3pm {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,87 @@
+"""`id3pm prepare` and `id3pm train`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from id3pm.cli.registry import command, flags_of
+
+
+@command("prepare", "align, encode and store a folder of face photos for training")
+def cmd_prepare(args):
+    from id3pm.data import PrepareConfig, prepare
+    from id3pm.encoders import parse_encoder_spec
+
+    i, n = (int(v) for v in args.shard.split("/"))
+    if not 0 <= i < n:
+        raise SystemExit(f"--shard {args.shard}: expected i/n with 0 <= i < n")
+    sizes = tuple(int(s) for s in (args.sizes or str(args.size)).split(","))
+    cfg = PrepareConfig(
+        src=args.src, out=args.out, encoder=parse_encoder_spec(args.encoder), sizes=sizes, holdout=args.holdout,
+        workers=args.workers, metadata=args.metadata, attributes=tuple(a for a in args.attributes.split(",") if a),
+        shard=(i, n), chunk=args.chunk, image_format=args.image_format, quality=args.quality,
+        multiple_faces=args.multiple_faces, limit=args.limit, aligned=args.aligned,
+    )
+    m = prepare(cfg)
+    run = m["last_run"]
+    print(f"{run['written']} written, {run['skipped']} skipped, {run['already_done']} already done "
+          f"in {run['seconds']} s ({run['images_per_second']} images/s, {run['workers']} workers)")
+    print(f"data set: {m['counts']['train']} train, {m['counts']['holdout']} holdout; skipped by reason: {m['skipped']}")
+    for cat, examples in m["skip_examples"].items():
+        for e in examples[:3]:
+            print(f"  {cat}: {e}")
+    return 0
+
+
+@flags_of("prepare")
+def _prepare_flags(p):
+    p.add_argument("src", help="folder of face photos (recursive)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--encoder", default="dlib", help="dlib | onnx:path=F.onnx,... | remote:url=... | table:path=...")
+    p.add_argument("--size", type=int, default=64, help="crop side")
+    p.add_argument("--sizes", help="several crop sides, e.g. 64,128 (super-resolution)")
+    p.add_argument("--holdout", type=float, default=0.05, help="held-out fraction (by hash of the file name)")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    p.add_argument("--metadata", help="utkface or csv:PATH")
+    p.add_argument("--attributes", default="", help="pose,expression (estimated from landmarks) and/or "
+                   "meta:NAME (a numeric label from --metadata)")
+    p.add_argument("--shard", default="0/1", help="i/n: this machine's part of the folder")
+    p.add_argument("--chunk", type=int, default=1000, help="images per Parquet shard")
+    p.add_argument("--image-format", default="webp", choices=["webp", "png", "jpeg"])
+    p.add_argument("--quality", type=int, default=95)
+    p.add_argument("--multiple-faces", default="error", choices=["error", "largest"])
+    p.add_argument("--limit", type=int, help="only the first N files")
+    p.add_argument("--aligned", action="store_true", help="photos are already canonical crops: skip detection")
+
+
+@command("train", "train a model on a prepared data set")
+def cmd_train(args):
+    from id3pm.training import TrainConfig, train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    if isinstance(values.get("model"), str):
+        values["model"] = json.loads(values["model"])
+    result = train(TrainConfig(**values))
+    print(json.dumps(result))
+    return 0
+
+
+@flags_of("train")
+def _train_flags(p):
+    from id3pm.training import TrainConfig
+
+    p.add_argument("data", help="prepared data set folder")
+    p.add_argument("out", help="run folder (rerun the same command to resume)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "out"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                           help=f"true/false (default {default})")
+        elif f.name == "model":
+            p.add_argument(flag, dest=f.name, default=None, help='JSON overrides of the network, e.g. {"dropout": 0}')
+        else:
+            p.add_argument(flag, dest=f.name, type=type(default), default=None, help=f"default {default}")

@@ -1,0 +1,53 @@
+"""`id3pm evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from id3pm.cli.registry import command, flags_of
+
+
+@command("evaluate", "identity distance, verification accuracy, diversity and FID of reconstructions vs baselines")
+def cmd_evaluate(args):
+    from id3pm.evaluation import EvalConfig, Evaluation
+
+    cfg = EvalConfig(
+        out=args.out, models=args.model or [], data=args.data, split=args.split, limit=args.limit,
+        train_data=args.train_data, baselines=[b for b in args.baselines.split(",") if b],
+        independent=args.independent or None, encoder=args.encoder, pairs=args.pairs, pairs_root=args.pairs_root,
+        pairs_limit=args.pairs_limit, guidance=args.guidance, steps=args.steps, sampler=args.sampler,
+        diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
+        inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
+        seed=args.seed, device=args.device,
+    )
+    metrics = Evaluation(cfg).run()
+    print((Path(args.out) / "report.md").read_text())
+    print(f"total {metrics['timing']['total_seconds']:.0f} s; report: {args.out}/report.md, metrics: {args.out}/metrics.json")
+    return 0
+
+
+@flags_of("evaluate")
+def _evaluate_flags(p):
+    p.add_argument("--model", action="append", help="model folder, optionally name=path (repeatable)")
+    p.add_argument("--data", help="prepared data set whose held-out split gives the originals")
+    p.add_argument("--split", default="holdout")
+    p.add_argument("--limit", type=int, default=100, help="originals to evaluate")
+    p.add_argument("--train-data", help="prepared set for the nearest-neighbour / random baselines")
+    p.add_argument("--baselines", default="nn,random,real", help="nn,random,real,regression=MODEL_DIR")
+    p.add_argument("--independent", default="faceres", help="independent encoder spec ('' to skip)")
+    p.add_argument("--encoder", default="dlib", help="conditioning encoder when there is no --data/--model")
+    p.add_argument("--pairs", help="LFW pairs.txt or path_a,path_b,same,fold CSV")
+    p.add_argument("--pairs-root", help="folder the pair paths are relative to (default: the file's folder)")
+    p.add_argument("--pairs-limit", type=int)
+    p.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="one row per guidance scale")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--diversity-ids", type=int, default=10)
+    p.add_argument("--diversity-samples", type=int, default=10)
+    p.add_argument("--fid", action="store_true", help="FID / precision / recall (needs --inception or make models)")
+    p.add_argument("--inception", help="Inception TorchScript file (default cache/fid/default_1.pt)")
+    p.add_argument("--lpips-backbone", help="AlexNet weights (safetensors or .pth) for LPIPS")
+    p.add_argument("--lpips-heads", help="LPIPS linear heads (alex.pth) for LPIPS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--out", default="eval")
