@@ -204,7 +204,7 @@ def attribute_dropout_mask(names: list[str], b: int, p: float, rnd: StepRandom, 
     from id3pm.attributes import ATTRIBUTE_GROUPS
 
     mask = torch.ones(b, len(names), device=device)
-    for group, members in ATTRIBUTE_GROUPS.items():
+    for members in ATTRIBUTE_GROUPS.values():
         cols = [i for i, n in enumerate(names) if n in members]
         if cols:
             keep = (rnd.rand((b, 1), device) >= p).float()
