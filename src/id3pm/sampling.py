@@ -26,8 +26,10 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def per_image_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
     """Standard normal noise of shape (len(generators), *shape), row i from generators[i]."""
-    rows = [torch.randn(shape, generator=g, device=g.device) for g in generators]
-    return torch.stack(rows).to(device)
+    rows = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])
+    if torch.device(device).type == "cuda":  # pinned + non_blocking: the copy does not stall the host
+        return rows.pin_memory().to(device, non_blocking=True)
+    return rows.to(device)
 
 
 def make_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:

@@ -42,16 +42,26 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
+        self.log_betas = np.log(betas)
+        self._tables: dict = {}  # (array id, device) -> tensor copy
+
     # -- helpers --------------------------------------------------------------
-    @staticmethod
-    def _at(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def _table(self, arr: np.ndarray, device: torch.device) -> torch.Tensor:
+        """The schedule array on the device, copied once: a copy from host memory on every
+        sampling step would make the host wait for the GPU each step."""
+        key = (id(arr), str(device))
+        if key not in self._tables:
+            self._tables[key] = torch.as_tensor(arr, device=device)
+        return self._tables[key]
+
+    def _at(self, arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """arr[t] as a float32 tensor broadcastable against `like` (B, ...)."""
-        values = torch.as_tensor(arr, device=t.device)[t].to(torch.float32)
+        values = self._table(arr, t.device)[t].to(torch.float32)
         return values.view(-1, *([1] * (like.ndim - 1)))
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps to feed the network for process indices t."""
-        return torch.as_tensor(self.timestep_map, device=t.device)[t]
+        return self._table(self.timestep_map, t.device)[t]
 
     # -- forward process -------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -74,7 +84,7 @@ class GaussianDiffusion:
     def model_log_variance(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Learned range: log sigma^2 = f log beta_t + (1 - f) log beta_tilde_t, f = (v + 1) / 2."""
         frac = (v + 1) / 2
-        max_log = self._at(np.log(self.betas), t, v)
+        max_log = self._at(self.log_betas, t, v)
         min_log = self._at(self.posterior_log_variance_clipped, t, v)
         return frac * max_log + (1 - frac) * min_log
 
