@@ -81,8 +81,8 @@ def matmul_rate(device: str, dtype) -> float:
 RATES: list[dict] = []
 
 
-def forward_flops(model, batch: int, device) -> float:
-    x = torch.zeros(batch, 3, 64, 64, device=device)
+def forward_flops(model, batch: int, device, size: int = 64) -> float:
+    x = torch.zeros(batch, 3, size, size, device=device)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(x, torch.zeros(batch, dtype=torch.long, device=device), id_vector=torch.zeros(batch, 128, device=device))
     return fc.get_total_flops() / batch

@@ -4,6 +4,7 @@ same run. Data loading is excluded by design (prepared sets are decoded into mem
 once: see id3pm.data.TrainingSet), so this is the ceiling of `id3pm train`.
 
     python benchmarks/training.py                          # CPU, batch 16
+    python benchmarks/training.py --size 32 --preset compact mini --batch 64 --compile
     python benchmarks/training.py --device cuda --batch 256 --compile
 """
 
@@ -28,10 +29,10 @@ sys.path.insert(0, str(sys_path))
 from sampling import forward_flops, matmul_rate, sync  # noqa: E402
 
 
-def steps_per_second(model, opt, batch, device, dtype, steps: int) -> float:
+def steps_per_second(model, opt, batch, device, dtype, steps: int, size: int = 64) -> float:
     diffusion = GaussianDiffusion(make_betas("cosine", 1000))
     cfg = TrainConfig(data="", out="")
-    data = {"image": torch.rand(batch, 3, 64, 64, device=device) * 2 - 1, "id_vector": torch.randn(batch, 128, device=device)}
+    data = {"image": torch.rand(batch, 3, size, size, device=device) * 2 - 1, "id_vector": torch.randn(batch, 128, device=device)}
     if device == "cuda":
         data["image"] = data["image"].contiguous(memory_format=torch.channels_last) if next(
             model.parameters()).is_contiguous(memory_format=torch.channels_last) else data["image"]
@@ -59,7 +60,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=0)
-    p.add_argument("--preset", default="base")
+    p.add_argument("--preset", nargs="+", default=["base"], help="one or more presets (rows per preset)")
+    p.add_argument("--size", type=int, default=64, help="image side")
     p.add_argument("--steps", type=int, default=0)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--out", default="benchmarks/results")
@@ -67,7 +69,6 @@ def main() -> None:
     device = args.device
     batch = args.batch or (256 if device == "cuda" else 16)
     steps = args.steps or (30 if device == "cuda" else 4)
-    flops = None
     rates = {"fp32": matmul_rate(device, torch.float32), "bf16": matmul_rate(device, torch.bfloat16)}
     variants = [("fp32, AdamW (foreach)", torch.float32, False, False, False),
                 ("bf16 autocast", torch.bfloat16, False, False, False),
@@ -77,32 +78,40 @@ def main() -> None:
     if args.compile:
         variants.append(("bf16 + channels_last + fused + compile", torch.bfloat16, True, device == "cuda", True))
     rows = []
-    print(f"device {device}, batch {batch}, preset {args.preset}; matmul fp32 {rates['fp32'] / 1e12:.2f}, "
+    from id3pm.hardware import cpu_description
+
+    cpu = cpu_description()
+    print(f"device {device} ({cpu}), batch {batch}, size {args.size}; matmul fp32 {rates['fp32'] / 1e12:.2f}, "
           f"bf16 {rates['bf16'] / 1e12:.2f} TFLOP/s")
-    for name, dtype, cl, fused, comp in variants:
-        torch.manual_seed(0)
-        model = IDConditionedUNet(**PRESETS[args.preset]).to(device)
-        flops = flops or forward_flops(model.eval(), 1, device)
-        model.train()
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
-        run = torch.compile(model) if comp else model
-        sps = steps_per_second(run, opt, batch, device, dtype, steps)
-        ips = sps * batch
-        achieved = 3 * flops * ips  # forward + backward (~2x forward)
-        ceiling = rates["bf16" if dtype == torch.bfloat16 else "fp32"]
-        rows.append({"variant": name, "images_per_s": ips, "tflops": achieved / 1e12, "fraction_of_matmul_rate": achieved / ceiling})
-        print(f"{name:42s} {ips:9.1f} img/s  {achieved / 1e12:7.2f} TFLOP/s  {achieved / ceiling * 100:5.1f}% of matmul")
-    base = rows[0]["images_per_s"]
-    print("\n| variant | images/s | speed-up | % of matmul rate |\n|---|---|---|---|")
+    for preset in args.preset:
+        base = None
+        for name, dtype, cl, fused, comp in variants:
+            torch.manual_seed(0)
+            model = IDConditionedUNet(sample_size=args.size, **PRESETS[preset]).to(device)
+            flops = forward_flops(model.eval(), 1, device, args.size)
+            model.train()
+            if cl:
+                model = model.to(memory_format=torch.channels_last)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+            run = torch.compile(model) if comp else model
+            ips = steps_per_second(run, opt, batch, device, dtype, steps, args.size) * batch
+            base = base or ips
+            achieved = 3 * flops * ips  # forward + backward (~2x forward)
+            ceiling = rates["bf16" if dtype == torch.bfloat16 else "fp32"]
+            rows.append({"preset": preset, "variant": name, "images_per_s": ips, "speedup": ips / base,
+                         "forward_gflops": flops / 1e9, "tflops": achieved / 1e12,
+                         "fraction_of_matmul_rate": achieved / ceiling})
+            print(f"{preset:8s} {name:42s} {ips:9.1f} img/s  {achieved / 1e12:7.2f} TFLOP/s  "
+                  f"{achieved / ceiling * 100:5.1f}% of matmul", flush=True)
+    print(f"\n{cpu}, batch {batch}, {args.size}x{args.size}; speed-up against fp32 of the same preset")
+    print("| preset | GFLOP/forward | variant | images/s | speed-up | % of matmul rate |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f}x | "
-              f"{r['fraction_of_matmul_rate'] * 100:.1f}% |")
+        print(f"| {r['preset']} | {r['forward_gflops']:.2f} | {r['variant']} | {r['images_per_s']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['fraction_of_matmul_rate'] * 100:.1f}% |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"training_{device}.json").write_text(json.dumps(
-        {"device": device, "batch": batch, "preset": args.preset, "forward_gflops_per_image": flops / 1e9,
+    (out / f"training_{device}_{args.size}.json").write_text(json.dumps(
+        {"device": device, "cpu": cpu, "batch": batch, "size": args.size,
          "matmul_tflops": {k: v / 1e12 for k, v in rates.items()}, "rows": rows}, indent=2))
 
 

@@ -146,3 +146,59 @@ def test_respaced_process_keeps_alpha_bar_and_maps_timesteps():
     assert list(r.timestep_map) == keep and r.num_timesteps == 25
     np.testing.assert_allclose(respace(d, list(range(1000))).betas, d.betas, rtol=1e-10)
     assert r.model_timesteps(torch.tensor([0, 24])).tolist() == [0, 999]
+
+
+def _improved_diffusion_space_timesteps(num_timesteps, section_counts):
+    """improved-diffusion's respace.space_timesteps, re-typed from its description:
+    sections of equal size, in each a float running sum of the stride, rounded."""
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx, all_steps = 0, set()
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        for _ in range(section_count):
+            all_steps.add(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        start_idx += size
+    return sorted(all_steps)
+
+
+def test_space_timesteps_matches_improved_diffusion_at_every_count():
+    assert space_timesteps(1000, 21)[10] == 499  # round(49.95 * 10) would give 500
+    for T in (50, 100, 250, 1000, 4000):
+        for n in range(2, T + 1, max(1, T // 200)):
+            assert space_timesteps(T, n) == _improved_diffusion_space_timesteps(T, [n]), (T, n)
+    assert space_timesteps(1000, "10,15,20") == _improved_diffusion_space_timesteps(1000, [10, 15, 20])
+
+
+def test_learned_range_at_zero_is_the_geometric_mean_of_beta_and_beta_tilde():
+    # linear interpolation of the variance itself would pass the v = +-1 test, not this one
+    d = _diffusion()
+    t = torch.tensor([3, 500])
+    got = d.model_log_variance(torch.zeros(2, 3, 1, 1), t)[:, 0, 0, 0].double()
+    geometric = np.sqrt(d.betas[[3, 500]] * np.exp(d.posterior_log_variance_clipped[[3, 500]]))
+    np.testing.assert_allclose(got.numpy(), np.log(geometric), rtol=1e-6)
+
+
+def test_schedule_tables_are_float64_exact_near_t0():
+    d = _diffusion(name="cosine")
+    t = torch.tensor([0, 1, 999])
+    x0, noise = torch.ones(3, 1, 1, 1), torch.ones(3, 1, 1, 1)
+    want = np.sqrt(d.alphas_cumprod[[0, 1, 999]]) + np.sqrt(1 - d.alphas_cumprod[[0, 1, 999]])
+    np.testing.assert_allclose(d.q_sample(x0, t, noise).view(-1).double().numpy(), want, rtol=1e-7)
+    # sqrt(1 - alpha_bar_0) from float32 alpha_bar would be off by ~5e-4 relative
+    got = d._at("sqrt_one_minus_alphas_cumprod", torch.tensor([0]), x0[:1]).item()
+    assert abs(got / math.sqrt(1 - d.alphas_cumprod[0]) - 1) < 1e-6
+
+
+def test_discretized_likelihood_edge_bins_do_not_saturate_in_float32():
+    # x at the top edge, mean far below: 1 - Phi(z) underflows to 0 in float32 at z ~ 5.5
+    x = torch.tensor([1.0, -1.0])
+    mean = torch.tensor([0.9, -0.9])
+    log_scale = torch.log(torch.tensor([0.0125, 0.0125]))
+    got = discretized_gaussian_log_likelihood(-x, mean, log_scale)  # x=-1 under mean 0.9 and x=1 under -0.9
+    want = [stats.norm.logcdf(-1 + 1 / 255, 0.9, 0.0125), stats.norm.logsf(1 - 1 / 255, -0.9, 0.0125)]
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4)
+    assert torch.isfinite(got).all() and got.min() < -1000

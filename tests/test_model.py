@@ -72,3 +72,12 @@ def test_large_models_are_saved_in_small_shards(tmp_path):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an id3pm model folder"):
         read_info(tmp_path)
+
+
+def test_mid_block_attention_has_its_group_norm_as_in_adm():
+    # diffusers leaves it out under scale-shift norm unless attn_norm_num_groups is given
+    model = IDConditionedUNet(sample_size=16, block_out_channels=(32, 64), attention_resolutions=(8,),
+                              attention_head_dim=32, norm_num_groups=8)
+    attention = model.unet.mid_block.attentions[0]
+    assert isinstance(attention.group_norm, torch.nn.GroupNorm) and attention.group_norm.num_groups == 8
+    assert "unet.mid_block.attentions.0.group_norm.weight" in model.state_dict()

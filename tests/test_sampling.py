@@ -127,3 +127,19 @@ def test_a_single_step_works(name):
     gens = make_generators([0])
     out = get_sampler(name)(fake_network, d, per_image_noise(gens, (3, 4, 4), "cpu"), gens)
     assert out.shape == (1, 3, 4, 4) and torch.isfinite(out).all()
+
+
+def test_the_first_sampling_step_runs_outside_autocast():
+    from id3pm.sampling import FirstStepInFP32
+
+    seen = []
+
+    def denoise(x, t):
+        seen.append((torch.is_autocast_enabled("cpu"), x.dtype))
+        return torch.zeros(x.shape[0], 6, *x.shape[2:])
+
+    wrapped = FirstStepInFP32(denoise)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        for _ in range(3):
+            wrapped(torch.zeros(1, 3, 4, 4), torch.zeros(1, dtype=torch.long))
+    assert seen == [(False, torch.float32), (True, torch.float32), (True, torch.float32)]

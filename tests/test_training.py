@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_TRAIN, make_tiny_prepared
 from safetensors.torch import load_file
 
 from id3pm.checkpoint import find_checkpoint
-from id3pm.training import BatchOrder, TrainConfig, train
+from id3pm.training import BatchOrder, Budget, TrainConfig, train, update_ema
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,93 @@ def test_accelerate_launch_with_two_processes(prepared, tmp_path):
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4 and state["images_seen"] == 32  # the global batch, split over 2 processes
     assert (tmp_path / "run" / "model" / "id3pm.json").exists()
+
+
+def test_ema_update_matches_hand_computed_values_with_its_warm_up():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = {"weight": torch.zeros(1, 1)}
+    update_ema(ema, model, decay=0.999, step=1)  # warm-up: d = (1 + 1) / (10 + 1)
+    assert ema["weight"].item() == pytest.approx(1 - 2 / 11)
+    update_ema(ema, model, decay=0.5, step=100)  # capped: d = min(0.5, 101 / 110)
+    assert ema["weight"].item() == pytest.approx(0.5 * (1 - 2 / 11) + 0.5)
+
+
+def test_condition_dropout_is_ten_percent_per_sample_and_reaches_the_linear_as_zeros():
+    from id3pm.diffusion import GaussianDiffusion, make_betas
+    from id3pm.models import IDConditionedUNet
+    from id3pm.training import StepRandom, step_loss
+
+    model = IDConditionedUNet(sample_size=8, id_dim=4, **{**TINY_TRAIN["model"], "layers_per_block": 1,
+                                                          "norm_num_groups": 8, "attention_head_dim": 32})
+    seen = []
+    model.id_embedding.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    diffusion = GaussianDiffusion(make_betas("linear", 50))
+    cfg = TrainConfig(data="", out="", cond_drop=0.1)
+    batch = {"image": torch.zeros(64, 3, 8, 8), "id_vector": torch.randn(64, 4).abs() + 0.1}
+    with torch.no_grad():
+        for step in range(100):
+            step_loss(cfg, model, diffusion, batch, StepRandom(0, step, 0, "cpu"), {})
+    inputs = torch.stack(seen)  # (steps, batch, id_dim)
+    dropped = (inputs == 0).all(dim=2)
+    assert ((inputs != 0).all(dim=2) | dropped).all()  # a row is either the vector or all zeros
+    assert abs(dropped.float().mean().item() - 0.1) < 0.012  # 6,400 draws: 3.2 sigma
+    per_step = dropped.float().mean(dim=1)
+    assert (per_step > 0).sum() > 90 and (per_step < 1).all()  # per sample: batches are mixed, never all-dropped
+
+
+def test_attributes_outside_named_groups_are_each_their_own_dropout_group():
+    from id3pm.training import StepRandom, attribute_dropout_mask, attribute_groups
+
+    names = ["yaw", "pitch", "roll", "smile", "meta:age", "meta:gender"]
+    assert attribute_groups(names) == [[0, 1, 2], [3], [4], [5]]
+    mask = torch.cat([attribute_dropout_mask(names, 256, 0.3, StepRandom(0, s, 0, "cpu"), "cpu") for s in range(4)])
+    assert (mask[:, 0] == mask[:, 2]).all()  # pose dropped as a whole
+    for col in (3, 4, 5):
+        assert 0.2 < 1 - mask[:, col].mean().item() < 0.4  # meta columns are dropped too (were never)
+    assert (mask[:, 4] != mask[:, 5]).any()  # independently
+
+
+def test_budget_predicts_the_step_at_which_the_time_budget_stops_the_run():
+    state = {"step": 100, "train_seconds": 0.0}
+    budget = Budget(max_steps=10_000, max_minutes=1.0, state=state)
+    assert budget.expected_steps() == 10_000  # no rate measured yet
+    budget.start -= 6.0  # 6 s in, 60 steps done: 10 steps/s for the 54 s left
+    state["step"] = 160
+    assert budget.expected_steps() == pytest.approx(160 + 540, abs=2)
+    assert not budget.exhausted()
+    budget.start -= 60
+    assert budget.exhausted() and "time budget" in budget.reason
+
+
+def test_bf16_training_on_the_cpu_lowers_the_loss_and_round_trips(prepared, tmp_path):
+    run = tmp_path / "bf16"
+    train(TrainConfig(out=str(run), data=str(prepared), max_steps=120, save_every=120,
+                      **{**TINY_TRAIN, "mixed_precision": "bf16", "log_every": 20}))
+    losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.5 * losses[0], losses
+    from id3pm.modeldir import load_model_dir
+
+    model, info = load_model_dir(run / "model")
+    assert info["training"]["mixed_precision"] == "bf16"
+    ema = load_file(run / "checkpoint" / "ema.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.float(), ema[k]), k
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_plain_keys_in_ema_and_export(prepared, tmp_path):
+    pytest.importorskip("torch._inductor")
+    run = tmp_path / "compiled"
+    try:
+        train(TrainConfig(out=str(run), data=str(prepared), max_steps=4, save_every=4,
+                          **{**TINY_TRAIN, "compile": True}))
+    except Exception as err:  # inductor needs a C++ compiler on the CPU
+        if "compiler" in str(err).lower() or "InvalidCxxCompiler" in type(err).__name__:
+            pytest.skip(f"torch.compile cannot build CPU kernels here: {err}")
+        raise
+    ema = load_file(run / "checkpoint" / "ema.safetensors")
+    weights = load_file(run / "checkpoint" / "model.safetensors")
+    assert ema.keys() == weights.keys() and not any("_orig_mod" in k for k in ema)
+    assert any(not torch.equal(ema[k], weights[k]) for k in ema)  # the EMA really follows the trained weights

@@ -28,6 +28,9 @@ PRESETS = {
     "tiny": dict(block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=32, norm_num_groups=8, dropout=0.0),
     "small": dict(block_out_channels=(64, 128, 128, 256), layers_per_block=2, attention_head_dim=64, norm_num_groups=32, dropout=0.1),
     "base": dict(block_out_channels=(64, 128, 192, 256), layers_per_block=2, attention_head_dim=64, norm_num_groups=32, dropout=0.1),
+    # 32x32 candidates for the CPU-trained reference model (<= 12M parameters: <= 24 MiB fp16)
+    "compact": dict(block_out_channels=(48, 96, 192), layers_per_block=2, attention_head_dim=48, norm_num_groups=16, dropout=0.1),
+    "mini": dict(block_out_channels=(32, 64, 128, 192), layers_per_block=2, attention_resolutions=(8, 4), attention_head_dim=32, norm_num_groups=16, dropout=0.1),
     "large": dict(block_out_channels=(128, 256, 384, 512), layers_per_block=2, attention_head_dim=64, norm_num_groups=32, dropout=0.1),
 }
 

@@ -23,7 +23,7 @@ from id3pm.diffusion import GaussianDiffusion, make_betas, respace, space_timest
 from id3pm.encoders import EncodeResult, Encoder, check_vectors, identity_distance, make_encoder
 from id3pm.images import tensor_to_uint8
 from id3pm.modeldir import load_model_dir, shipped_path
-from id3pm.sampling import get_sampler, guided_denoiser, make_generators, per_image_noise
+from id3pm.sampling import FirstStepInFP32, get_sampler, guided_denoiser, make_generators, per_image_noise
 
 DEFAULT_SAMPLER = "dpmpp_2m"
 
@@ -206,6 +206,7 @@ class ID3PMPipeline:
             return tensor_to_uint8(self.model(torch.zeros_like(x), t0, id_vector=y)[:, :3])
         diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
         denoise = guided_denoiser(self.model, y, guidance_scale, attributes=attributes, attr_mask=attr_mask)
+        denoise = FirstStepInFP32(denoise)
         return tensor_to_uint8(get_sampler(sampler)(denoise, diffusion, x, gens)[:, :3])
 
     def invert(self, photos: Sequence[np.ndarray], aligned: bool = False, keys=None, **kwargs):

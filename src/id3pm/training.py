@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from id3pm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 from id3pm.data import PreparedDataset, TrainingSet
+from id3pm.hardware import auto_precision, cpu_description
 from id3pm.diffusion import GaussianDiffusion, make_betas
 from id3pm.images import contact_sheet, save_png, tensor_to_uint8
 from id3pm.modeldir import PRESETS, save_model_dir
@@ -53,7 +54,7 @@ class TrainConfig:
     sample_every: int = 2000  # sample grid every N steps (0: only at the end)
     log_every: int = 50  # log line every N steps
     seed: int = 0
-    mixed_precision: str = "auto"  # "auto" (bf16 on GPU), "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # "auto" (bf16 on GPU and CPUs with native bf16), "no", "bf16", "fp16"
     compile: bool = False  # torch.compile the network
     init_from: str = ""  # warm start: a model folder whose weights to start from (fresh optimizer)
     augment_level_max: float = 0.5  # superres: max noise-augmentation level of the low-res input (0..1)
@@ -199,16 +200,22 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
     return diffusion.training_losses(lambda xt, tt: model(xt, tt, **kwargs), x0, t, noise, vlb_weight=cfg.vlb_weight)
 
 
-def attribute_dropout_mask(names: list[str], b: int, p: float, rnd: StepRandom, device) -> torch.Tensor:
-    """Drop each attribute group (pose, expression) independently with probability p."""
+def attribute_groups(names: list[str]) -> list[list[int]]:
+    """Column groups that are dropped together: the named groups (pose, expression), and
+    every other attribute (e.g. meta:age) on its own, since inference can leave each unset."""
     from id3pm.attributes import ATTRIBUTE_GROUPS
 
+    groups = [[i for i, n in enumerate(names) if n in members] for members in ATTRIBUTE_GROUPS.values()]
+    grouped = {i for g in groups for i in g}
+    return [g for g in groups if g] + [[i] for i in range(len(names)) if i not in grouped]
+
+
+def attribute_dropout_mask(names: list[str], b: int, p: float, rnd: StepRandom, device) -> torch.Tensor:
+    """Drop each attribute group independently with probability p (per sample)."""
     mask = torch.ones(b, len(names), device=device)
-    for members in ATTRIBUTE_GROUPS.values():
-        cols = [i for i, n in enumerate(names) if n in members]
-        if cols:
-            keep = (rnd.rand((b, 1), device) >= p).float()
-            mask[:, cols] = keep
+    for cols in attribute_groups(names):
+        keep = (rnd.rand((b, 1), device) >= p).float()
+        mask[:, cols] = keep
     return mask
 
 
@@ -241,171 +248,259 @@ def sample_grid(cfg, ema_model, info, diffusion, train_set, holdout_set, step: i
     return sheet
 
 
-def train(cfg: TrainConfig) -> dict:
-    from accelerate import Accelerator
+class Trainer:
+    """One training run: the network (ONE raw reference, whatever compile or DDP wrap
+    around it), its EMA, the optimizer and the step counters, with a method per job."""
 
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=precision)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if cfg.batch_size % world:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world} processes")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator
 
-    data = PreparedDataset(cfg.data)
-    cond_size = (cfg.cond_size or cfg.size // 2) if cfg.task == "superres" else None
-    train_set = TrainingSet(data, cfg.size, "train", cond_size=cond_size)
-    holdout_set = None
-    if len(data.split_indices("holdout")):
-        holdout_set = TrainingSet(data, cfg.size, "holdout", cond_size=cond_size)
+        self.cfg = cfg
+        self.precision = cfg.mixed_precision
+        if self.precision == "auto":  # bf16 only where it is fast: GPU, or a CPU with native bf16
+            self.precision = {"bf16": "bf16", "fp32": "no"}[auto_precision("cuda" if torch.cuda.is_available() else "cpu")]
+        self.accelerator = Accelerator(mixed_precision=self.precision)
+        self.device = self.accelerator.device
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch size {cfg.batch_size} is not divisible by {self.world} processes")
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._load_data()
+        self._build_or_resume()
+        self.diffusion = GaussianDiffusion(
+            make_betas(self.info["diffusion"]["schedule"], self.info["diffusion"]["num_timesteps"])
+        )
+        self.flops = forward_flops(self.model, cfg, self.info, self.device)
+        # The wrapped model trains; self.model (same parameters) is what we save, average and export.
+        wrapped = torch.compile(self.model) if cfg.compile else self.model
+        self.train_model, self.optimizer = self.accelerator.prepare(wrapped, self.optimizer)
+        self.order = BatchOrder(len(self.train_set), cfg.batch_size, cfg.seed)
+        self.writer = None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
 
-    ckpt = find_checkpoint(out / "checkpoint")
-    if ckpt is not None:  # resume: the network and its info come from the checkpoint
-        info = json.loads((ckpt / "info.json").read_text())
-        model = IDConditionedUNet.from_config(json.loads((ckpt / "model_config.json").read_text()))
-    else:
-        torch.manual_seed(cfg.seed)  # the initial weights are part of the run's seed too
-        model, info = build_model(cfg, data, train_set)
-        if cfg.init_from:  # warm start from a shipped model: its weights, our optimizer
-            from id3pm.modeldir import load_model_dir
+            self.writer = SummaryWriter(str(self.out / "tb"))
+        self.window = LogWindow(self.device)
 
-            src, src_info = load_model_dir(cfg.init_from)
-            if src.config != model.config:
-                model = IDConditionedUNet.from_config(src.config)
-            model.load_state_dict(src.state_dict())
-            info["warm_start"] = {"from": cfg.init_from, "previous_training": src_info.get("training")}
-    model.to(device)
-    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
-    )
-    state = {"step": 0, "images_seen": 0, "train_seconds": 0.0}
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, ema, optimizer, device)
-        truncate_log(out / "log.jsonl", state["step"])
-        accelerator.print(f"resumed from {ckpt} at step {state['step']}")
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
 
-    diffusion = GaussianDiffusion(make_betas(info["diffusion"]["schedule"], info["diffusion"]["num_timesteps"]))
-    flops = forward_flops(model, cfg, info, device)
-    train_model = torch.compile(model) if cfg.compile else model
-    train_model, optimizer = accelerator.prepare(train_model, optimizer)
-    order = BatchOrder(len(train_set), cfg.batch_size, cfg.seed)
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        self.data = PreparedDataset(cfg.data)
+        cond_size = (cfg.cond_size or cfg.size // 2) if cfg.task == "superres" else None
+        self.train_set = TrainingSet(self.data, cfg.size, "train", cond_size=cond_size)
+        self.holdout_set = None
+        if len(self.data.split_indices("holdout")):
+            self.holdout_set = TrainingSet(self.data, cfg.size, "holdout", cond_size=cond_size)
 
-    writer = None
-    if accelerator.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
+    def _build_or_resume(self) -> None:
+        cfg = self.cfg
+        ckpt = find_checkpoint(self.out / "checkpoint")
+        if ckpt is not None:  # resume: the network and its info come from the checkpoint
+            self.info = json.loads((ckpt / "info.json").read_text())
+            model = IDConditionedUNet.from_config(json.loads((ckpt / "model_config.json").read_text()))
+        else:
+            torch.manual_seed(cfg.seed)  # the initial weights are part of the run's seed too
+            model, self.info = build_model(cfg, self.data, self.train_set)
+            if cfg.init_from:  # warm start from a shipped model: its weights, our optimizer
+                from id3pm.modeldir import load_model_dir
 
-        writer = SummaryWriter(str(out / "tb"))
+                src, src_info = load_model_dir(cfg.init_from)
+                if src.config != model.config:
+                    model = IDConditionedUNet.from_config(src.config)
+                model.load_state_dict(src.state_dict())
+                self.info["warm_start"] = {"from": cfg.init_from, "previous_training": src_info.get("training")}
+        self.model = model.to(self.device)
+        self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.device.type == "cuda"
+        )
+        self.state = {"step": 0, "images_seen": 0, "train_seconds": 0.0}
+        if ckpt is not None:
+            self.state = load_checkpoint(ckpt, self.model, self.ema, self.optimizer, self.device)
+            truncate_log(self.out / "log.jsonl", self.state["step"])
+            self.accelerator.print(f"resumed from {ckpt} at step {self.state['step']}")
 
-    def lr_at(step: int) -> float:
-        return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    def lr_at(self, step: int) -> float:
+        return self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
 
-    def save(step: int):
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return
-        unwrapped = accelerator.unwrap_model(train_model)
-        if hasattr(unwrapped, "_orig_mod"):
-            unwrapped = unwrapped._orig_mod
-        save_checkpoint(out / "checkpoint", unwrapped, ema, optimizer, {**state, "config": asdict(cfg)})
-        (out / "checkpoint" / "info.json").write_text(json.dumps(info, indent=2))
-        (out / "checkpoint" / "model_config.json").write_text(json.dumps(dict(unwrapped.config), indent=2))
-        export(step, unwrapped)
-
-    def ema_model(unwrapped) -> IDConditionedUNet:
-        m = copy.deepcopy(unwrapped).float()
-        m.load_state_dict(ema)
+    def ema_model(self) -> IDConditionedUNet:
+        m = copy.deepcopy(self.model).float()
+        m.load_state_dict(self.ema)
         return m.eval()
 
-    def export(step, unwrapped):
+    def save(self) -> None:
+        """Checkpoint (for resuming) and the EMA model folder (for using)."""
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return
+        ckpt = self.out / "checkpoint"
+        save_checkpoint(ckpt, self.model, self.ema, self.optimizer, {**self.state, "config": asdict(self.cfg)})
+        (ckpt / "info.json").write_text(json.dumps(self.info, indent=2))
+        (ckpt / "model_config.json").write_text(json.dumps(dict(self.model.config), indent=2))
+        self.export()
+
+    def export(self) -> None:
+        cfg = self.cfg
         summary = {
-            "steps": step,
-            "images_seen": state["images_seen"],
-            "train_seconds": round(state["train_seconds"], 1),
+            "steps": self.state["step"],
+            "images_seen": self.state["images_seen"],
+            "train_seconds": round(self.state["train_seconds"], 1),
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
-            "mixed_precision": precision,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "processes": world,
-            "forward_gflops_per_image": round(flops / 1e9, 3),
-            "last_loss": state.get("last_loss"),
+            "mixed_precision": self.precision,
+            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else f"cpu ({cpu_description()})",
+            "processes": self.world,
+            "forward_gflops_per_image": round(self.flops / 1e9, 3),
+            "last_loss": self.state.get("last_loss"),
         }
-        save_model_dir(out / "model", ema_model(unwrapped), {**info, "training": summary})
+        save_model_dir(self.out / "model", self.ema_model(), {**self.info, "training": summary})
 
-    run_start, seconds_before = time.time(), state["train_seconds"]
-    step = state["step"]
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not (cfg.progress and accelerator.is_main_process))
-    window = {"loss": torch.zeros((), device=device), "steps": 0, "start": time.time()}
-
-    def log_window(step: int, losses: dict) -> None:
-        """One log line for the steps since the last one (also at a budget stop)."""
-        if not window["steps"]:
+    def sample(self) -> None:
+        if not self.is_main:
             return
-        elapsed = max(time.time() - window["start"], 1e-9)
-        images = window["steps"] * cfg.batch_size
-        record = {
-            "step": step,
-            "loss": window["loss"].item() / window["steps"],
-            "mse": losses["mse"].mean().item(),
-            "vb": losses["vb"].mean().item() if "vb" in losses else None,
-            "lr": lr_at(step - 1),
-            "images_per_second": images / elapsed,
-            "tflops": 3 * flops * images / elapsed / 1e12,  # backward ~ 2x forward
-        }
-        state["last_loss"] = record["loss"]
-        if accelerator.is_main_process:
-            with open(out / "log.jsonl", "a") as f:
+        step = self.state["step"]
+        sheet = sample_grid(self.cfg, self.ema_model().to(self.device), self.info, self.diffusion, self.train_set,
+                            self.holdout_set, step, self.out)
+        self.writer.add_image("samples", sheet, step, dataformats="HWC")
+
+    def log(self, losses: dict) -> None:
+        """One log line for the steps since the last one (also at a budget stop)."""
+        record = self.window.record(self.state["step"], losses, self.cfg.batch_size, self.flops)
+        if record is None:
+            return
+        record["lr"] = self.lr_at(self.state["step"] - 1)
+        self.state["last_loss"] = record["loss"]
+        if self.is_main:
+            with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             for k, v in record.items():
                 if k != "step" and v is not None:
-                    writer.add_scalar(f"train/{k}", v, step)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", ips=f"{record['images_per_second']:.0f}")
-        window.update(loss=torch.zeros((), device=device), steps=0, start=time.time())
+                    self.writer.add_scalar(f"train/{k}", v, record["step"])
 
-    losses: dict = {}
-    train_model.train()
-    while step < cfg.max_steps:
-        if cfg.max_minutes and (time.time() - run_start) / 60 >= cfg.max_minutes:
-            accelerator.print(f"time budget of {cfg.max_minutes} min reached at step {step}")
-            break
-        rnd = StepRandom(cfg.seed, step, rank, device)
-        batch = batch_from(train_set, order.indices(step, rank, world), device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        with accelerator.autocast():
-            losses = step_loss(cfg, train_model, diffusion, batch, rnd, info)
+    def train_step(self) -> dict:
+        cfg, step = self.cfg, self.state["step"]
+        rnd = StepRandom(cfg.seed, step, self.rank, self.device)
+        batch = batch_from(self.train_set, self.order.indices(step, self.rank, self.world), self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        with self.accelerator.autocast():
+            losses = step_loss(cfg, self.train_model, self.diffusion, batch, rnd, self.info)
         loss = losses["loss"].mean()
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
         if cfg.grad_clip:
-            accelerator.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        update_ema(ema, accelerator.unwrap_model(train_model), cfg.ema_decay, step)
-        state["step"] = step
-        state["images_seen"] += cfg.batch_size
-        state["train_seconds"] = seconds_before + time.time() - run_start
-        window["loss"] += loss.detach()  # no host sync per step; .item() only when logging
-        window["steps"] += 1
-        bar.update()
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            log_window(step, losses)
-        if cfg.save_every and step % cfg.save_every == 0:
-            save(step)
-        if cfg.sample_every and step % cfg.sample_every == 0 and accelerator.is_main_process:
-            sheet = sample_grid(cfg, ema_model(accelerator.unwrap_model(train_model)).to(device), info, diffusion,
-                                train_set, holdout_set, step, out)
-            writer.add_image("samples", sheet, step, dataformats="HWC")
-    log_window(step, losses)
-    bar.close()
-    save(step)
-    if accelerator.is_main_process:
-        sample_grid(cfg, ema_model(accelerator.unwrap_model(train_model)).to(device), info, diffusion, train_set,
-                    holdout_set, step, out)
-        writer.close()
-    return {"step": step, "images_seen": state["images_seen"], "out": str(out), "last_loss": state.get("last_loss")}
+            self.accelerator.clip_grad_norm_(self.train_model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        update_ema(self.ema, self.model, cfg.ema_decay, step + 1)
+        self.state["step"] = step + 1
+        self.state["images_seen"] += cfg.batch_size
+        self.window.add(loss)
+        return losses
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        budget = Budget(cfg.max_steps, cfg.max_minutes, self.state)
+        bar = tqdm(total=budget.expected_steps(), initial=self.state["step"], desc="train",
+                   disable=not (cfg.progress and self.is_main))
+        losses: dict = {}
+        self.train_model.train()
+        while not budget.exhausted():
+            losses = self.train_step()
+            step = self.state["step"]
+            budget.tick()
+            bar.total = budget.expected_steps()  # the budget that will really stop the run
+            bar.update()
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                self.log(losses)
+                if self.is_main:
+                    bar.set_postfix(loss=f"{self.state['last_loss']:.4f}", ips=f"{self.window.last_ips:.1f}")
+            if cfg.save_every and step % cfg.save_every == 0:
+                self.save()
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                self.sample()
+        if budget.reason:
+            self.accelerator.print(budget.reason)
+        self.log(losses)
+        bar.close()
+        self.save()
+        self.sample()
+        if self.writer is not None:
+            self.writer.close()
+        return {"step": self.state["step"], "images_seen": self.state["images_seen"], "out": str(self.out),
+                "last_loss": self.state.get("last_loss")}
+
+
+class Budget:
+    """Stops the run at max_steps or after max_minutes of wall time in this process, and
+    estimates the step at which that will happen (for the progress bar)."""
+
+    def __init__(self, max_steps: int, max_minutes: float, state: dict):
+        self.max_steps, self.max_minutes, self.state = max_steps, max_minutes, state
+        self.start, self.first_step = time.time(), state["step"]
+        self.seconds_before = state["train_seconds"]
+        self.reason = ""
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def tick(self) -> None:
+        self.state["train_seconds"] = self.seconds_before + self.elapsed()
+
+    def exhausted(self) -> bool:
+        if self.state["step"] >= self.max_steps:
+            return True
+        if self.max_minutes and self.elapsed() / 60 >= self.max_minutes:
+            self.reason = f"time budget of {self.max_minutes} min reached at step {self.state['step']}"
+            return True
+        return False
+
+    def expected_steps(self) -> int:
+        done = self.state["step"] - self.first_step
+        if not self.max_minutes or done == 0:
+            return self.max_steps
+        rate = done / max(self.elapsed(), 1e-9)
+        return min(self.max_steps, self.state["step"] + int(rate * (self.max_minutes * 60 - self.elapsed())))
+
+
+class LogWindow:
+    """Loss and throughput accumulated since the last log line (no host sync per step)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.last_ips = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.steps, self.start = torch.zeros((), device=self.device), 0, time.time()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss.detach()
+        self.steps += 1
+
+    def record(self, step: int, losses: dict, batch_size: int, flops: float) -> dict | None:
+        if not self.steps:
+            return None
+        elapsed = max(time.time() - self.start, 1e-9)
+        images = self.steps * batch_size
+        self.last_ips = images / elapsed
+        record = {
+            "step": step,
+            "loss": self.loss.item() / self.steps,
+            "mse": losses["mse"].mean().item(),
+            "vb": losses["vb"].mean().item() if "vb" in losses else None,
+            "images_per_second": self.last_ips,
+            "tflops": 3 * flops * images / elapsed / 1e12,  # backward ~ 2x forward
+        }
+        self.reset()
+        return record
+
+
+def train(cfg: TrainConfig) -> dict:
+    return Trainer(cfg).run()
 
 
 @torch.no_grad()

@@ -42,50 +42,53 @@ class GaussianDiffusion:
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
+        # Every table in float64 here, cast to float32 once on use (as guided-diffusion):
+        # 1 - alpha_bar computed in float32 at run time carries ~5e-4 relative error at t=0.
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.log_betas = np.log(betas)
-        self._tables: dict = {}  # (array id, device) -> tensor copy
+        self._tables: dict = {}  # (table name, device) -> tensor copy
 
     # -- helpers --------------------------------------------------------------
-    def _table(self, arr: np.ndarray, device: torch.device) -> torch.Tensor:
-        """The schedule array on the device, copied once: a copy from host memory on every
-        sampling step would make the host wait for the GPU each step."""
-        key = (id(arr), str(device))
+    def _table(self, name: str, device: torch.device) -> torch.Tensor:
+        """The schedule array `name` on the device, copied once: a copy from host memory on
+        every sampling step would make the host wait for the GPU each step."""
+        key = (name, str(device))
         if key not in self._tables:
-            self._tables[key] = torch.as_tensor(arr, device=device)
+            self._tables[key] = torch.as_tensor(getattr(self, name), device=device)
         return self._tables[key]
 
-    def _at(self, arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """arr[t] as a float32 tensor broadcastable against `like` (B, ...)."""
-        values = self._table(arr, t.device)[t].to(torch.float32)
+    def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Table `name` at t, as a float32 tensor broadcastable against `like` (B, ...)."""
+        values = self._table(name, t.device)[t].to(torch.float32)
         return values.view(-1, *([1] * (like.ndim - 1)))
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps to feed the network for process indices t."""
-        return self._table(self.timestep_map, t.device)[t]
+        return self._table("timestep_map", t.device)[t]
 
     # -- forward process -------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        acp = self._at(self.alphas_cumprod, t, x0)
-        return acp.sqrt() * x0 + (1 - acp).sqrt() * noise
+        return self._at("sqrt_alphas_cumprod", t, x0) * x0 + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
     def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
-        mean = self._at(self.posterior_mean_coef1, t, xt) * x0 + self._at(self.posterior_mean_coef2, t, xt) * xt
-        return mean, self._at(self.posterior_log_variance_clipped, t, xt)
+        mean = self._at("posterior_mean_coef1", t, xt) * x0 + self._at("posterior_mean_coef2", t, xt) * xt
+        return mean, self._at("posterior_log_variance_clipped", t, xt)
 
     # -- reverse process ---------------------------------------------------------
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        acp = self._at(self.alphas_cumprod, t, xt)
-        return (xt - (1 - acp).sqrt() * eps) / acp.sqrt()
+        return self._at("sqrt_recip_alphas_cumprod", t, xt) * xt - self._at("sqrt_recipm1_alphas_cumprod", t, xt) * eps
 
     def predict_eps(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        acp = self._at(self.alphas_cumprod, t, xt)
-        return (xt - acp.sqrt() * x0) / (1 - acp).sqrt()
+        return (self._at("sqrt_recip_alphas_cumprod", t, xt) * xt - x0) / self._at("sqrt_recipm1_alphas_cumprod", t, xt)
 
     def model_log_variance(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Learned range: log sigma^2 = f log beta_t + (1 - f) log beta_tilde_t, f = (v + 1) / 2."""
         frac = (v + 1) / 2
-        max_log = self._at(self.log_betas, t, v)
-        min_log = self._at(self.posterior_log_variance_clipped, t, v)
+        max_log = self._at("log_betas", t, v)
+        min_log = self._at("posterior_log_variance_clipped", t, v)
         return frac * max_log + (1 - frac) * min_log
 
     def p_mean_variance(self, model_output: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, clip: bool = True) -> dict:

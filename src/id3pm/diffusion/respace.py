@@ -35,8 +35,12 @@ def space_timesteps(num_timesteps: int, spec: int | str) -> list[int]:
         size = size_per + (1 if i < extra else 0)
         if not 1 <= count <= size:
             raise ValueError(f"cannot take {count} steps from a section of {size} timesteps")
+        # improved-diffusion's running sum, not round(stride * j): the two differ at .5 ties
         stride = (size - 1) / (count - 1) if count > 1 else 1
-        kept += [start + round(stride * j) for j in range(count)]
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 

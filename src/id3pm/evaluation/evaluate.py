@@ -21,6 +21,7 @@ from id3pm.data import PreparedDataset
 from id3pm.encoders import Encoder, identity_distance, make_encoder, parse_encoder_spec
 from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, at_size
 from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
+from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc
 from id3pm.files import atomic_write_bytes, atomic_write_json
 from id3pm.images import ImageError, contact_sheet, load_image, save_png
@@ -164,8 +165,18 @@ class Evaluation:
             results[name] = entry
         self.identity_raw = results
         self.original_index = idx
+        self.metrics["sar_type1"] = self.sar_type1(vectors, ind_orig)
         self.metrics["timing"]["identity_seconds_per_100"] = (time.time() - t0) / len(idx) * 100
         return {name: {enc: summary(v) for enc, v in entry.items()} for name, entry in results.items()}
+
+    def sar_type1(self, vectors: np.ndarray, ind_orig: np.ndarray | None) -> dict:
+        """Type-I SAR: each reconstruction against the image whose vector it inverts, at the
+        thresholds where the real originals' impostor pairs (different images of the
+        split, assumed different people) reach FMR 1% and 0.1%."""
+        originals = {"conditioning": (vectors, self.cond), "independent": (ind_orig, self.ind)}
+        impostors = {enc: impostor_distances(v, e.distance) for enc, (v, e) in originals.items() if v is not None}
+        return {name: {enc: sar_table(d, impostors[enc]) for enc, d in entry.items()}
+                for name, entry in self.identity_raw.items() if not name.startswith("real")}
 
     def breakdown_section(self) -> dict:
         """Identity distance by metadata group (UTKFace age band, gender, race)."""
@@ -207,7 +218,7 @@ class Evaluation:
         same = np.array([p.same for p in pairs])
         folds = np.array([p.fold for p in pairs])
         firsts = sorted({where[p.a] for p in pairs if p.same})
-        results = {}
+        results, real_distances = {}, {}
         rows = {"real images": None}
         cond_vectors = emb["conditioning"][firsts]
         ok = np.isfinite(cond_vectors).all(axis=1)
@@ -230,6 +241,11 @@ class Evaluation:
                 d = np.array([identity_distance(first[where[p.a]] if p.same else e[where[p.a]], e[where[p.b]], enc.distance)
                               for p in pairs])
                 results[row][enc_name] = {**kfold_accuracy(d, same, folds), "auc": roc_auc(d, same)}
+                if value is not None:  # type-II SAR: the reconstruction of a against b, the same person
+                    real_impostors = real_distances[enc_name][~same]
+                    results[row][enc_name]["sar_type2"] = sar_table(d[same], real_impostors)
+                else:
+                    real_distances[enc_name] = d
         self.metrics["timing"]["verification_seconds"] = time.time() - t0
         return {"pairs": len(pairs), "images": len(paths), "unreadable": failed, "rows": results}
 
@@ -347,6 +363,13 @@ def _fmt(s: dict | None, key: str = "mean") -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}" if key == "mean" else f"{s[key]:.3f}"
 
 
+def _sar(table: dict | None, key: str) -> str:
+    if not table or key not in table:
+        return "-"
+    r = table[key]
+    return f"{100 * r['sar']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+
+
 def render_report(m: dict, encoders) -> str:
     lines = ["# id3pm evaluation", ""]
     enc_names = [n for n, _ in encoders]
@@ -360,6 +383,15 @@ def render_report(m: dict, encoders) -> str:
             cells = [f"{_fmt(entry.get(n))} | {_fmt(entry.get(n), 'median')}" for n in enc_names]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", "![identity distance densities](identity_distance.png)", ""]
+    if m.get("sar_type1"):
+        lines += ["## Success attack rate, type-I (reconstruction vs the inverted image; threshold at the FMR "
+                  "of real impostor pairs; 95% Wilson CI)", "",
+                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, per in m["sar_type1"].items():
+            cells = [f"{_sar(per.get(n), 'fmr=0.01')} | {_sar(per.get(n), 'fmr=0.001')}" for n in enc_names]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     if m.get("verification"):
         v = m["verification"]
         lines += [f"## Verification accuracy ({v['pairs']} pairs, 10-fold; first image of each positive pair "
@@ -369,6 +401,15 @@ def render_report(m: dict, encoders) -> str:
         for name, row in v["rows"].items():
             cells = [f"{row[n]['mean']:.3f} ± {row[n]['std']:.3f} | {row[n]['auc']:.3f}" for n in enc_names]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Type-II SAR (reconstruction of the first image vs the second image of each positive pair; "
+                  "threshold at the FMR of the real negative pairs):", "",
+                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, row in v["rows"].items():
+            if "sar_type2" in row[enc_names[0]]:
+                cells = [f"{_sar(row[n]['sar_type2'], 'fmr=0.01')} | {_sar(row[n]['sar_type2'], 'fmr=0.001')}"
+                         for n in enc_names]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     if m.get("diversity"):
         lines += ["## Diversity among samples of one identity (higher is more diverse)", "",

@@ -77,6 +77,8 @@ class IDConditionedUNet(ModelMixin, ConfigMixin):
             norm_num_groups=norm_num_groups,
             dropout=dropout,
             resnet_time_scale_shift="scale_shift",
+            # diffusers drops the mid-block attention's GroupNorm under scale-shift norm; ADM has it.
+            attn_norm_num_groups=norm_num_groups,
             class_embed_type="identity",  # our condition embedding is added to the time embedding as is
         )
         embed_dim = block_out_channels[0] * 4  # UNet2DModel's time-embedding width
