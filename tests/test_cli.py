@@ -51,3 +51,40 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     np.save(vec, np.zeros(128, np.float32))
     assert main(["sample", "--vectors", str(vec), "--model", str(tmp_path / "nope")]) == 2
     assert "not an id3pm model folder" in capsys.readouterr().err
+
+
+def test_a_folder_is_expanded_into_its_images(dlib_model, tmp_path):
+    folder = tmp_path / "photos" / "sub"
+    folder.mkdir(parents=True)
+    Image.fromarray(skdata.astronaut()).save(folder / "astronaut.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code = main(["invert", str(tmp_path / "photos"), "--model", str(dlib_model), "-n", "1", "--steps", "2",
+                 "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [i["identity"] for i in result["items"]] == ["astronaut"] and result["skipped"] == []
+
+
+@pytest.mark.parametrize("flags, message", [(["-n", "0"], "must be at least 1"), (["--steps", "x"], "not an integer"),
+                                            (["--guidance", "nan"], "finite number")])
+def test_bad_numeric_flags_are_refused_in_one_line(flags, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["invert", "face.jpg", *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err and "Traceback" not in err
+
+
+def test_version_and_help_with_defaults_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\nfrom id3pm.cli import build_parser\n"
+            "p = build_parser()\nbuf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):\n    p.parse_args(['invert', '--help'])\n"
+            "print('torch' in sys.modules, 'default: 25' in buf.getvalue())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]  # help is fast (no torch import) and lists defaults
+    with pytest.raises(SystemExit):
+        main(["--version"])

@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,42 +23,9 @@ from id3pm.data import PreparedDataset, TrainingSet
 from id3pm.hardware import auto_precision, cpu_description
 from id3pm.diffusion import GaussianDiffusion, make_betas
 from id3pm.images import contact_sheet, save_png, tensor_to_uint8
+from id3pm.train_config import TrainConfig
 from id3pm.modeldir import PRESETS, save_model_dir
 from id3pm.models import IDConditionedUNet
-
-
-@dataclass
-class TrainConfig:
-    data: str  # prepared data set folder (id3pm prepare)
-    out: str  # run folder: checkpoint/, model/, samples/, log.jsonl, tb/
-    task: str = "base"  # "base": ID-conditioned diffusion; "superres": upsampler; "regression": baseline decoder
-    size: int = 64  # image side to train on
-    cond_size: int = 0  # superres: low-resolution side (0: size // 2)
-    preset: str = "base"  # network size: tiny, small, base
-    model: dict = field(default_factory=dict)  # overrides of the preset's network arguments
-    schedule: str = "cosine"  # noise schedule
-    num_timesteps: int = 1000  # diffusion steps T
-    vlb_weight: float = 0.001  # lambda of the hybrid loss
-    cond_drop: float = 0.1  # probability of replacing y by the null condition (classifier-free guidance)
-    attr_drop: float = 0.1  # probability of dropping each attribute group
-    null_condition: str = "zero"  # "zero" (the paper) or "learned"
-    batch_size: int = 64  # global batch (split over processes)
-    lr: float = 1e-4  # AdamW learning rate
-    weight_decay: float = 0.0
-    warmup_steps: int = 500  # linear learning-rate warm-up
-    grad_clip: float = 1.0  # max gradient norm
-    ema_decay: float = 0.9999  # EMA of the weights (with a 1+k / 10+k warm-up)
-    max_steps: int = 100_000  # stop after this many steps ...
-    max_minutes: float = 0.0  # ... or after this much wall time (0: no limit)
-    save_every: int = 1000  # checkpoint + exported model every N steps
-    sample_every: int = 2000  # sample grid every N steps (0: only at the end)
-    log_every: int = 50  # log line every N steps
-    seed: int = 0
-    mixed_precision: str = "auto"  # "auto" (bf16 on GPU and CPUs with native bf16), "no", "bf16", "fp16"
-    compile: bool = False  # torch.compile the network
-    init_from: str = ""  # warm start: a model folder whose weights to start from (fresh optimizer)
-    augment_level_max: float = 0.5  # superres: max noise-augmentation level of the low-res input (0..1)
-    progress: bool = True
 
 
 def attribute_stats(attrs: np.ndarray) -> dict:

@@ -13,11 +13,15 @@ ORDER = ["prepare", "train", "invert", "sample", "sweep", "interpolate", "direct
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from id3pm import __version__
+
     parser = argparse.ArgumentParser(prog="id3pm", description="Invert black-box face recognition models via diffusion.")
+    parser.add_argument("--version", action="version", version=f"id3pm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ORDER:
         spec = COMMANDS[name]
-        p = sub.add_parser(name, help=spec["help"], description=spec["help"])
+        p = sub.add_parser(name, help=spec["help"], description=spec["help"],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         spec["flags"](p)
         p.set_defaults(func=spec["run"])
     return parser

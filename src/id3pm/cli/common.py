@@ -10,14 +10,36 @@ from pathlib import Path
 import numpy as np
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused up front with a one-line message."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def guidance_scale(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None:
     p.add_argument("--model", help="model folder (default: the shipped reference model)")
-    p.add_argument("-n", "--num-images", type=int, default=n_default, help="samples per identity")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale s")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("-n", "--num-images", type=positive_int, default=n_default, help="samples per identity")
+    p.add_argument("--guidance", type=guidance_scale, default=2.0, help="classifier-free guidance scale s")
+    p.add_argument("--steps", type=positive_int, default=25, help="sampling steps")
     p.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, dpmpp_2m, unipc")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast: default on GPU; on a CPU with AVX512-BF16 about 2x faster")
@@ -29,7 +51,7 @@ def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None
     p.add_argument("--upscale", nargs="?", const="auto", default=None,
                    help="super-resolve the samples: SR model folder, 'lanczos', or no value for the shipped SR model "
                         "(Lanczos, labelled as such, when none is shipped)")
-    p.add_argument("--upscale-steps", type=int, default=25, help="sampling steps of the SR model (respaced DDPM)")
+    p.add_argument("--upscale-steps", type=positive_int, default=25, help="sampling steps of the SR model (respaced DDPM)")
     p.add_argument("--upscale-size", type=int, default=128, help="output side of the Lanczos fallback")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -57,7 +58,8 @@ def _prepare_flags(p):
 
 @command("train", "train a model on a prepared data set")
 def cmd_train(args):
-    from id3pm.training import TrainConfig, train
+    from id3pm.train_config import TrainConfig
+    from id3pm.training import train
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
     if isinstance(values.get("model"), str):
@@ -69,8 +71,9 @@ def cmd_train(args):
 
 @flags_of("train")
 def _train_flags(p):
-    from id3pm.training import TrainConfig
+    from id3pm.train_config import TrainConfig, field_comments
 
+    comments = field_comments(TrainConfig)
     p.add_argument("data", help="prepared data set folder")
     p.add_argument("out", help="run folder (rerun the same command to resume)")
     for f in dataclasses.fields(TrainConfig):
@@ -78,10 +81,14 @@ def _train_flags(p):
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
+        what = comments.get(f.name, "")
+        # SUPPRESS: a flag not given stays out of args, so TrainConfig's own default applies
         if isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                           help=f"true/false (default {default})")
+            p.add_argument(flag, dest=f.name, type=lambda s: s.lower() in ("1", "true", "yes"),
+                           default=argparse.SUPPRESS, help=f"{what}: true/false (default {default})")
         elif f.name == "model":
-            p.add_argument(flag, dest=f.name, default=None, help='JSON overrides of the network, e.g. {"dropout": 0}')
+            p.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
+                           help='JSON overrides of the network, e.g. {"dropout": 0}')
         else:
-            p.add_argument(flag, dest=f.name, type=type(default), default=None, help=f"default {default}")
+            p.add_argument(flag, dest=f.name, type=type(default), default=argparse.SUPPRESS,
+                           help=f"{what} (default {default})".replace("%", "%%"))

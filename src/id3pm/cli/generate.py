@@ -15,9 +15,13 @@ def cmd_invert(args):
     from id3pm.images import ImageError, load_image
     from id3pm.outputs import safe_name
 
-    pipe = load_pipeline(args)
     paths, photos, skipped = [], [], []
-    for path in args.images:
+    inputs = expand_folders(args.images)
+    if not inputs:
+        print(f"nothing to invert: no image files in {', '.join(args.images)}", file=sys.stderr)
+        return 1
+    pipe = load_pipeline(args)
+    for path in inputs:
         try:
             photos.append(load_image(path))
             paths.append(str(path))
@@ -39,9 +43,24 @@ def cmd_invert(args):
     return 0
 
 
+def expand_folders(items: list[str]) -> list[str]:
+    """Files as given; a folder becomes the image files under it (sorted, recursive), as in prepare."""
+    from pathlib import Path
+
+    from id3pm.data.prepare import list_images
+
+    out = []
+    for item in items:
+        if Path(item).is_dir():
+            out += [str(Path(item) / key) for key in list_images(item)]
+        else:
+            out.append(item)
+    return out
+
+
 @flags_of("invert")
 def _invert_flags(p):
-    p.add_argument("images", nargs="+", help="face photos")
+    p.add_argument("images", nargs="+", help="face photos, or folders of them")
     p.add_argument("--aligned", action="store_true", help="inputs are already canonical crops (no detection)")
     add_generation_flags(p)
 

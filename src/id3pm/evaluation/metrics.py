@@ -65,7 +65,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)  # (disp=False is deprecated and goes away in SciPy 1.18)
     if not np.isfinite(covmean).all():  # near-singular products: regularise (as pytorch-fid does)
         eps = np.eye(len(s_a)) * 1e-6
         covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))

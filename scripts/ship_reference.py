@@ -1,0 +1,122 @@
+"""End of a working period: measure the CPU run's EMA model on the holdout, ship it as
+fp16 safetensors into weights/, and append its row to the training log.
+
+    python scripts/ship_reference.py --run ~/.cache/id3pm/runs/reference32 \
+        --data ~/.cache/id3pm/data/utk --limit 200
+
+- The evaluation (identity distance and type-I SAR under dlib AND faceres, against
+  nearest-neighbour retrieval, random training images and the real crops) goes to
+  --eval-out, OUTSIDE the repository: its contact sheet shows UTKFace faces, whose
+  terms forbid redistribution.
+- The shipped id3pm.json records the measured thresholds at FMR 1% and 0.1% (from the
+  holdout's real impostor pairs), so that the demo can give a verdict per face.
+- One row per period goes to the "Training log" table of docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from id3pm.evaluation import EvalConfig, Evaluation
+from id3pm.hardware import cpu_description
+from id3pm.modeldir import load_model_dir, save_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG_HEADER = "## Training log of the reference model"
+
+
+def evaluate(run: Path, data: str, out: Path, limit: int, guidance: list[float]) -> dict:
+    cfg = EvalConfig(out=str(out), models=[f"model={run / 'model'}"], data=data, limit=limit, guidance=guidance,
+                     baselines=["nn", "random", "real"], diversity_ids=5, diversity_samples=5)
+    return Evaluation(cfg).run()
+
+
+def thresholds(metrics: dict, encoders: dict) -> dict:
+    """{encoder name: {"fmr=0.01": d, "fmr=0.001": d}} from the type-I SAR tables."""
+    first = next(iter(metrics["sar_type1"].values()))
+    return {encoders[enc]: {fmr: row["threshold"] for fmr, row in table.items()} for enc, table in first.items()}
+
+
+def ship(run: Path, weights: Path, extra: dict) -> None:
+    model, info = load_model_dir(run / "model")
+    tmp = weights.with_name(weights.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model_dir(tmp, model, {**info, **extra}, max_shard_size="15MB", dtype=torch.float16)
+    shutil.rmtree(weights, ignore_errors=True)
+    tmp.rename(weights)
+
+
+def log_row(metrics: dict, info: dict, limit: int) -> str:
+    t = info["training"]
+    sar = metrics["sar_type1"]
+    ident = metrics["identity"]
+    model_rows = [k for k in ident if k.startswith("model")]
+
+    def cell(name: str) -> str:
+        d = ident[name]
+        s = sar[name]
+        parts = []
+        for enc in ("conditioning", "independent"):
+            if enc in d:
+                parts.append(f"{d[enc]['mean']:.3f} / {100 * s[enc]['fmr=0.01']['sar']:.1f}%")
+        return " · ".join(parts)
+
+    date = datetime.date.today().isoformat()
+    cells = " | ".join(cell(m) for m in model_rows + ["nearest neighbour", "random training image"] if m in ident)
+    return (f"| {date} | {t['images_seen']:,} | {t['steps']:,} | {t['train_seconds'] / 3600:.2f} | {t['device']} | "
+            f"{t['last_loss']:.4f} | {limit} | {cells} |")
+
+
+def append_log(row: str, columns: list[str]) -> None:
+    path = ROOT / "docs" / "results.md"
+    text = path.read_text()
+    if LOG_HEADER not in text:
+        head = ("| date | images seen | steps | CPU hours | device | loss | holdout ids | "
+                + " | ".join(f"{c}: dlib dist / SAR@1% · faceres dist / SAR@1%" for c in columns) + " |")
+        text = text.rstrip() + (f"\n\n{LOG_HEADER}\n\nOne row per working period (scripts/ship_reference.py); "
+                                "the run continues from period to period. Identity distance to the original "
+                                "(mean) and type-I SAR at FMR 1% under the conditioning encoder (dlib) and the "
+                                "independent one (faceres).\n\n" + head + "\n|" + "---|" * head.count(" | ") + "---|\n")
+    path.write_text(text.rstrip("\n") + "\n" + row + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", required=True)
+    p.add_argument("--limit", type=int, default=200, help="holdout identities")
+    p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
+    p.add_argument("--eval-out", type=Path, default=Path.home() / ".cache" / "id3pm" / "eval")
+    p.add_argument("--weights", type=Path, default=ROOT / "weights" / "id3pm-utkface-32")
+    p.add_argument("--no-log", action="store_true", help="measure and ship, but add no training-log row")
+    args = p.parse_args()
+
+    out = args.eval_out / datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    metrics = evaluate(args.run, args.data, out, args.limit, args.guidance)
+    _, info = load_model_dir(args.run / "model")
+    names = {"conditioning": info["encoder"]["name"], "independent": "faceres"}
+    summary = {name: {enc: {"identity_mean": metrics["identity"][name][enc]["mean"],
+                            "sar_fmr_0.01": metrics["sar_type1"][name][enc]["fmr=0.01"]["sar"]}
+                      for enc in metrics["identity"][name]}
+               for name in metrics["sar_type1"]}
+    extra = {"thresholds": thresholds(metrics, names),
+             "holdout_evaluation": {"identities": args.limit, "guidance": args.guidance, "cpu": cpu_description(),
+                                    "rows": summary}}
+    ship(args.run, args.weights, extra)
+    row = log_row(metrics, info, args.limit)
+    if not args.no_log:
+        append_log(row, [k for k in metrics["identity"] if k.startswith("model")] + ["nearest neighbour", "random training image"])
+    print((out / "report.md").read_text())
+    print(row)
+    print(json.dumps(extra["thresholds"]))
+    print(f"shipped {args.weights}; evaluation in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The settings of one training run (`id3pm train` flags are generated from these
+fields and their comments). Kept free of torch so that `id3pm --help` stays fast."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    data: str  # prepared data set folder (id3pm prepare)
+    out: str  # run folder: checkpoint/, model/, samples/, log.jsonl, tb/
+    task: str = "base"  # "base": ID-conditioned diffusion; "superres": upsampler; "regression": baseline decoder
+    size: int = 64  # image side to train on
+    cond_size: int = 0  # superres: low-resolution side (0: size // 2)
+    preset: str = "base"  # network size: tiny, small, base
+    model: dict = field(default_factory=dict)  # overrides of the preset's network arguments
+    schedule: str = "cosine"  # noise schedule
+    num_timesteps: int = 1000  # diffusion steps T
+    vlb_weight: float = 0.001  # lambda of the hybrid loss
+    cond_drop: float = 0.1  # probability of replacing y by the null condition (classifier-free guidance)
+    attr_drop: float = 0.1  # probability of dropping each attribute group
+    null_condition: str = "zero"  # "zero" (the paper) or "learned"
+    batch_size: int = 64  # global batch (split over processes)
+    lr: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 500  # linear learning-rate warm-up
+    grad_clip: float = 1.0  # max gradient norm
+    ema_decay: float = 0.9999  # EMA of the weights (with a 1+k / 10+k warm-up)
+    max_steps: int = 100_000  # stop after this many steps ...
+    max_minutes: float = 0.0  # ... or after this much wall time (0: no limit)
+    save_every: int = 1000  # checkpoint + exported model every N steps
+    sample_every: int = 2000  # sample grid every N steps (0: only at the end)
+    log_every: int = 50  # log line every N steps
+    seed: int = 0
+    mixed_precision: str = "auto"  # "auto" (bf16 on GPU and CPUs with native bf16), "no", "bf16", "fp16"
+    compile: bool = False  # torch.compile the network
+    init_from: str = ""  # warm start: a model folder whose weights to start from (fresh optimizer)
+    augment_level_max: float = 0.5  # superres: max noise-augmentation level of the low-res input (0..1)
+    progress: bool = True
+
+
+def field_comments(cls=TrainConfig) -> dict[str, str]:
+    """{field name: its trailing comment} from the source: the flags' help texts."""
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        name, sep, rest = line.strip().partition(":")
+        if sep and "#" in rest and name.isidentifier():
+            out[name] = rest.split("#", 1)[1].strip()
+    return out
+
