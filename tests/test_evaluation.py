@@ -200,3 +200,9 @@ def test_evaluate_end_to_end(tmp_path):
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "Identity distance to the original" in report and "Verification accuracy" in report and "Diversity" in report
     assert (tmp_path / "eval" / "identity_distance.png").exists() and (tmp_path / "eval" / "sheet.png").exists()
+    # SAR: type-I per method on the holdout, type-II per method on the positive pairs
+    sar = m["sar_type1"]["nearest neighbour"]["conditioning"]["fmr=0.01"]
+    assert sar["n"] == 3 and sar["impostor_pairs"] == 3 and 0 <= sar["ci95"][0] <= sar["sar"] <= sar["ci95"][1]
+    assert "real (original crop)" not in m["sar_type1"]
+    assert m["verification"]["rows"]["untrained s=1"]["conditioning"]["sar_type2"]["fmr=0.01"]["n"] == 3
+    assert "Success attack rate, type-I" in report and "Type-II SAR" in report

@@ -122,11 +122,23 @@ def test_classifier_free_guidance_arithmetic_in_one_forward():
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m", "unipc"])
-def test_a_single_step_works(name):
-    d = respace(GaussianDiffusion(BETAS), space_timesteps(1000, 1))
+def test_a_single_step_returns_the_x0_a_known_eps_implies(name):
+    # eps = (x_t - sqrt(a_t) target) / sqrt(1 - a_t) at every t: the denoised image is
+    # exactly `target`, so one step from pure noise must return it (no noise is added
+    # on the last step; the one-step posterior mean is x0 itself).
+    full = GaussianDiffusion(BETAS)
+    target = torch.linspace(-0.6, 0.6, 48).view(1, 3, 4, 4)
+
+    def known_eps(x, t):
+        a = torch.as_tensor(full.alphas_cumprod, dtype=torch.float64)[t].view(-1, 1, 1, 1)
+        eps = (x.double() - a.sqrt() * target.double()) / (1 - a).sqrt()
+        return torch.cat([eps.float(), torch.zeros_like(x)], dim=1)
+
+    d = respace(full, space_timesteps(1000, 1))
     gens = make_generators([0])
-    out = get_sampler(name)(fake_network, d, per_image_noise(gens, (3, 4, 4), "cpu"), gens)
-    assert out.shape == (1, 3, 4, 4) and torch.isfinite(out).all()
+    out = get_sampler(name)(known_eps, d, per_image_noise(gens, (3, 4, 4), "cpu"), gens)
+    # fp32 eps at t = T: its rounding (~6e-8 relative) times 1/sqrt(a_T) ~ 2e4 -> ~5e-3
+    torch.testing.assert_close(out, target, atol=1e-2, rtol=0)
 
 
 def test_the_first_sampling_step_runs_outside_autocast():

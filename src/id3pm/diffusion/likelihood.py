@@ -3,7 +3,6 @@ the two terms of the variational bound L_vlb (Ho et al. 2020, Nichol & Dhariwal 
 
 from __future__ import annotations
 
-import math
 
 import torch
 

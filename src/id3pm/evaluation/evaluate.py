@@ -21,10 +21,12 @@ from id3pm.data import PreparedDataset
 from id3pm.encoders import Encoder, identity_distance, make_encoder, parse_encoder_spec
 from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, at_size
 from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
+from id3pm.evaluation.plots import identity_density_plot, reconstruction_sheet
+from id3pm.evaluation.report import render_report
 from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc
 from id3pm.files import atomic_write_bytes, atomic_write_json
-from id3pm.images import ImageError, contact_sheet, load_image, save_png
+from id3pm.images import ImageError, load_image
 
 AGE_BANDS = [(0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+")]
 UTK_GROUPS = {"gender": ["male", "female"], "race": ["White", "Black", "Asian", "Indian", "Others"]}
@@ -316,124 +318,11 @@ class Evaluation:
                 self.metrics["diversity"] = self.diversity_section()
             if self.cfg.fid:
                 self.metrics["fid"] = self.fid_section()
-            self.plots()
-            self.sheet()
+            identity_density_plot(self.identity_raw, self.encoders, self.out / "identity_distance.png")
+            reconstruction_sheet(self.recons, self.out / "sheet.png")
         if self.cfg.pairs:
             self.metrics["verification"] = self.verification_section()
         self.metrics["timing"]["total_seconds"] = time.time() - start
         atomic_write_json(self.out / "metrics.json", self.metrics)
         atomic_write_bytes(self.out / "report.md", render_report(self.metrics, self.encoders).encode())
         return self.metrics
-
-    def plots(self) -> None:
-        """Identity-distance densities per method, one panel per encoder (paper Fig. 4)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from scipy.stats import gaussian_kde
-
-        fig, axes = plt.subplots(1, len(self.encoders), figsize=(6 * len(self.encoders), 4), squeeze=False)
-        for ax, (enc_name, enc) in zip(axes[0], self.encoders):
-            for name, entry in self.identity_raw.items():
-                d = entry[enc_name]
-                d = d[np.isfinite(d)]
-                if len(d) > 2 and d.std() > 0:
-                    xs = np.linspace(d.min() - d.std(), d.max() + d.std(), 200)
-                    ax.plot(xs, gaussian_kde(d)(xs), label=name)
-            ax.set_title(f"{enc_name} encoder ({enc.name}, {enc.distance})")
-            ax.set_xlabel("identity distance to the original")
-            ax.set_ylabel("density")
-            if ax.lines:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(self.out / "identity_distance.png", dpi=100)
-        plt.close(fig)
-
-    def sheet(self, n: int = 8) -> None:
-        names = list(self.recons)
-        rows = [[self.recons[name][i] for name in names] for i in range(min(n, len(self.recons[names[0]])))]
-        save_png(contact_sheet(rows, col_labels=[nm[:18] for nm in names], cell=96), self.out / "sheet.png",
-                 {"what": "originals and reconstructions"})
-
-
-def _fmt(s: dict | None, key: str = "mean") -> str:
-    if not s or s.get(key) is None:
-        return "-"
-    return f"{s['mean']:.3f} ± {s['std']:.3f}" if key == "mean" else f"{s[key]:.3f}"
-
-
-def _sar(table: dict | None, key: str) -> str:
-    if not table or key not in table:
-        return "-"
-    r = table[key]
-    return f"{100 * r['sar']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
-
-
-def render_report(m: dict, encoders) -> str:
-    lines = ["# id3pm evaluation", ""]
-    enc_names = [n for n, _ in encoders]
-    desc = ", ".join(f"{n}: `{e.name}` ({e.distance} distance)" for n, e in encoders)
-    lines += [f"Encoders: {desc}.", ""]
-    if "identity" in m:
-        lines += ["## Identity distance to the original (lower is better)", "",
-                  "| method | " + " | ".join(f"{n} mean ± std | {n} median" for n in enc_names) + " |",
-                  "|---|" + "---|---|" * len(enc_names)]
-        for name, entry in m["identity"].items():
-            cells = [f"{_fmt(entry.get(n))} | {_fmt(entry.get(n), 'median')}" for n in enc_names]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "![identity distance densities](identity_distance.png)", ""]
-    if m.get("sar_type1"):
-        lines += ["## Success attack rate, type-I (reconstruction vs the inverted image; threshold at the FMR "
-                  "of real impostor pairs; 95% Wilson CI)", "",
-                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
-                  "|---|" + "---|---|" * len(enc_names)]
-        for name, per in m["sar_type1"].items():
-            cells = [f"{_sar(per.get(n), 'fmr=0.01')} | {_sar(per.get(n), 'fmr=0.001')}" for n in enc_names]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if m.get("verification"):
-        v = m["verification"]
-        lines += [f"## Verification accuracy ({v['pairs']} pairs, 10-fold; first image of each positive pair "
-                  "replaced by its reconstruction)", "",
-                  "| method | " + " | ".join(f"{n} accuracy | {n} AUC" for n in enc_names) + " |",
-                  "|---|" + "---|---|" * len(enc_names)]
-        for name, row in v["rows"].items():
-            cells = [f"{row[n]['mean']:.3f} ± {row[n]['std']:.3f} | {row[n]['auc']:.3f}" for n in enc_names]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "Type-II SAR (reconstruction of the first image vs the second image of each positive pair; "
-                  "threshold at the FMR of the real negative pairs):", "",
-                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
-                  "|---|" + "---|---|" * len(enc_names)]
-        for name, row in v["rows"].items():
-            if "sar_type2" in row[enc_names[0]]:
-                cells = [f"{_sar(row[n]['sar_type2'], 'fmr=0.01')} | {_sar(row[n]['sar_type2'], 'fmr=0.001')}"
-                         for n in enc_names]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if m.get("diversity"):
-        lines += ["## Diversity among samples of one identity (higher is more diverse)", "",
-                  "| method | pose (deg) | expression | emotion (TV) | 1 - MS-SSIM | LPIPS | identity spread |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, d in m["diversity"].items():
-            lines.append(f"| {name} | {_fmt(d.get('pose_deg'))} | {_fmt(d.get('expression'))} | {_fmt(d.get('emotion'))} | "
-                         f"{_fmt(d.get('one_minus_ms_ssim'))} | {_fmt(d.get('lpips'))} | {_fmt(d.get('identity_spread'))} |")
-        lines.append("")
-    if m.get("fid"):
-        lines += ["## FID and precision / recall against the original crops", "", "| method | FID | precision | recall |",
-                  "|---|---|---|---|"]
-        for name, f in m["fid"].items():
-            lines.append(f"| {name} | {f['fid']:.2f} | {f['precision']:.3f} | {f['recall']:.3f} |")
-        lines += ["", "(FID on a few hundred images is biased upwards; compare rows, not papers.)", ""]
-    if m.get("breakdown"):
-        lines += ["## Identity distance by group (conditioning encoder, mean)", ""]
-        for col, groups in m["breakdown"].items():
-            methods = list(next(iter(groups.values())))
-            lines += [f"### {col}", "", "| group | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-            for g, per in groups.items():
-                lines.append(f"| {g} (n={per[methods[0]]['conditioning']['n']}) | "
-                             + " | ".join(_fmt(per[mm]["conditioning"]) for mm in methods) + " |")
-            lines.append("")
-    t = m.get("timing", {})
-    lines += ["## Timing", "", *(f"- {k}: {v:.1f}" for k, v in t.items()), ""]
-    return "\n".join(lines)

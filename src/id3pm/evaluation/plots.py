@@ -1,0 +1,44 @@
+"""Pictures of `id3pm evaluate`: identity-distance densities and the reconstruction sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from id3pm.images import contact_sheet, save_png
+
+
+def identity_density_plot(identity_raw: dict, encoders: list, path: Path) -> None:
+    """Identity-distance densities per method, one panel per encoder (paper Fig. 4).
+    identity_raw: {method: {encoder name: distances}}; encoders: [(name, Encoder)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import gaussian_kde
+
+    fig, axes = plt.subplots(1, len(encoders), figsize=(6 * len(encoders), 4), squeeze=False)
+    for ax, (enc_name, enc) in zip(axes[0], encoders):
+        for name, entry in identity_raw.items():
+            d = entry[enc_name]
+            d = d[np.isfinite(d)]
+            if len(d) > 2 and d.std() > 0:
+                xs = np.linspace(d.min() - d.std(), d.max() + d.std(), 200)
+                ax.plot(xs, gaussian_kde(d)(xs), label=name)
+        ax.set_title(f"{enc_name} encoder ({enc.name}, {enc.distance})")
+        ax.set_xlabel("identity distance to the original")
+        ax.set_ylabel("density")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def reconstruction_sheet(recons: dict, path: Path, n: int = 8) -> None:
+    """Rows: the first n originals; columns: the original and each method's reconstruction."""
+    names = list(recons)
+    rows = [[recons[name][i] for name in names] for i in range(min(n, len(recons[names[0]])))]
+    save_png(contact_sheet(rows, col_labels=[nm[:18] for nm in names], cell=96), path,
+             {"what": "originals and reconstructions"})

@@ -1,0 +1,85 @@
+"""report.md of `id3pm evaluate`: the metrics dict rendered as Markdown tables."""
+
+from __future__ import annotations
+
+
+def _fmt(s: dict | None, key: str = "mean") -> str:
+    if not s or s.get(key) is None:
+        return "-"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if key == "mean" else f"{s[key]:.3f}"
+
+
+def _sar(table: dict | None, key: str) -> str:
+    if not table or key not in table:
+        return "-"
+    r = table[key]
+    return f"{100 * r['sar']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+
+
+def render_report(m: dict, encoders) -> str:
+    lines = ["# id3pm evaluation", ""]
+    enc_names = [n for n, _ in encoders]
+    desc = ", ".join(f"{n}: `{e.name}` ({e.distance} distance)" for n, e in encoders)
+    lines += [f"Encoders: {desc}.", ""]
+    if "identity" in m:
+        lines += ["## Identity distance to the original (lower is better)", "",
+                  "| method | " + " | ".join(f"{n} mean ± std | {n} median" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, entry in m["identity"].items():
+            cells = [f"{_fmt(entry.get(n))} | {_fmt(entry.get(n), 'median')}" for n in enc_names]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "![identity distance densities](identity_distance.png)", ""]
+    if m.get("sar_type1"):
+        lines += ["## Success attack rate, type-I (reconstruction vs the inverted image; threshold at the FMR "
+                  "of real impostor pairs; 95% Wilson CI)", "",
+                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, per in m["sar_type1"].items():
+            cells = [f"{_sar(per.get(n), 'fmr=0.01')} | {_sar(per.get(n), 'fmr=0.001')}" for n in enc_names]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if m.get("verification"):
+        v = m["verification"]
+        lines += [f"## Verification accuracy ({v['pairs']} pairs, 10-fold; first image of each positive pair "
+                  "replaced by its reconstruction)", "",
+                  "| method | " + " | ".join(f"{n} accuracy | {n} AUC" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, row in v["rows"].items():
+            cells = [f"{row[n]['mean']:.3f} ± {row[n]['std']:.3f} | {row[n]['auc']:.3f}" for n in enc_names]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Type-II SAR (reconstruction of the first image vs the second image of each positive pair; "
+                  "threshold at the FMR of the real negative pairs):", "",
+                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
+                  "|---|" + "---|---|" * len(enc_names)]
+        for name, row in v["rows"].items():
+            if "sar_type2" in row[enc_names[0]]:
+                cells = [f"{_sar(row[n]['sar_type2'], 'fmr=0.01')} | {_sar(row[n]['sar_type2'], 'fmr=0.001')}"
+                         for n in enc_names]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if m.get("diversity"):
+        lines += ["## Diversity among samples of one identity (higher is more diverse)", "",
+                  "| method | pose (deg) | expression | emotion (TV) | 1 - MS-SSIM | LPIPS | identity spread |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, d in m["diversity"].items():
+            lines.append(f"| {name} | {_fmt(d.get('pose_deg'))} | {_fmt(d.get('expression'))} | {_fmt(d.get('emotion'))} | "
+                         f"{_fmt(d.get('one_minus_ms_ssim'))} | {_fmt(d.get('lpips'))} | {_fmt(d.get('identity_spread'))} |")
+        lines.append("")
+    if m.get("fid"):
+        lines += ["## FID and precision / recall against the original crops", "", "| method | FID | precision | recall |",
+                  "|---|---|---|---|"]
+        for name, f in m["fid"].items():
+            lines.append(f"| {name} | {f['fid']:.2f} | {f['precision']:.3f} | {f['recall']:.3f} |")
+        lines += ["", "(FID on a few hundred images is biased upwards; compare rows, not papers.)", ""]
+    if m.get("breakdown"):
+        lines += ["## Identity distance by group (conditioning encoder, mean)", ""]
+        for col, groups in m["breakdown"].items():
+            methods = list(next(iter(groups.values())))
+            lines += [f"### {col}", "", "| group | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+            for g, per in groups.items():
+                lines.append(f"| {g} (n={per[methods[0]]['conditioning']['n']}) | "
+                             + " | ".join(_fmt(per[mm]["conditioning"]) for mm in methods) + " |")
+            lines.append("")
+    t = m.get("timing", {})
+    lines += ["## Timing", "", *(f"- {k}: {v:.1f}" for k, v in t.items()), ""]
+    return "\n".join(lines)
