@@ -177,6 +177,10 @@ class Evaluation:
         split, assumed different people) reach FMR 1% and 0.1%."""
         originals = {"conditioning": (vectors, self.cond), "independent": (ind_orig, self.ind)}
         impostors = {enc: impostor_distances(v, e.distance) for enc, (v, e) in originals.items() if v is not None}
+        if min(len(d) for d in impostors.values()) == 0:
+            self.metrics.setdefault("notes", []).append("type-I SAR skipped: fewer than 2 readable originals, "
+                                                        "so no impostor pairs to set a threshold on")
+            return {}
         return {name: {enc: sar_table(d, impostors[enc]) for enc, d in entry.items()}
                 for name, entry in self.identity_raw.items() if not name.startswith("real")}
 
