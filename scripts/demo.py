@@ -77,12 +77,12 @@ def verdict(name: str, d: np.ndarray, threshold: float, what: str) -> str:
     return f"{name} best {np.nanmin(d):.2f}, median {np.nanmedian(d):.2f} vs {what} {threshold:.2f}: {accepted}/{d.size} accepted"
 
 
-def run(out: Path, smoke_steps: int) -> int:
+def run(out: Path, smoke_steps: int, model: str | None = None) -> int:
     from id3pm.pipeline import ID3PMPipeline
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    model, smoke = shipped_path("base"), False
+    model, smoke = (Path(model) if model else shipped_path("base")), False
     if model is None:
         smoke = True
         print("=" * 78)
@@ -142,5 +142,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out")
     p.add_argument("--smoke-steps", type=int, default=SMOKE_STEPS, help="training steps of the smoke model")
+    p.add_argument("--model", help="model folder (default: the shipped reference model)")
     args = p.parse_args()
-    sys.exit(run(Path(args.out), args.smoke_steps))
+    sys.exit(run(Path(args.out), args.smoke_steps, args.model))
