@@ -53,7 +53,7 @@ def demo_faces() -> dict[str, np.ndarray]:
     faces = {"astronaut": skdata.astronaut()}
     lfw = skdata.lfw_subset()
     for i in LFW_FACES:  # 25x25 grey: detection upsamples them
-        faces[f"lfw_subset_{i}"] = np.repeat((lfw[i] * 255).astype(np.uint8)[..., None], 3, axis=2)
+        faces[f"lfw_{i}"] = np.repeat((lfw[i] * 255).astype(np.uint8)[..., None], 3, axis=2)
     return faces
 
 
