@@ -25,10 +25,11 @@ import torch
 
 from id3pm.evaluation import EvalConfig, Evaluation
 from id3pm.hardware import cpu_description
-from id3pm.modeldir import load_model_dir, save_model_dir
+from id3pm.modeldir import load_model_dir, read_info, save_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_HEADER = "## Training log of the reference model"
+BASELINE_ROWS = ["nearest neighbour", "random training image"]  # evaluation rows logged next to the model's
 
 
 def evaluate(run: Path, data: str, out: Path, limit: int, guidance: list[float]) -> dict:
@@ -44,7 +45,7 @@ def thresholds(metrics: dict, encoders: dict) -> dict:
 
 
 def ship(run: Path, weights: Path, extra: dict) -> None:
-    model, info = load_model_dir(run / "model")
+    model, info = load_model_dir(run / "model")  # the EMA weights, as exported by the run
     tmp = weights.with_name(weights.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model_dir(tmp, model, {**info, **extra}, max_shard_size="15MB", dtype=torch.float16)
@@ -52,11 +53,15 @@ def ship(run: Path, weights: Path, extra: dict) -> None:
     tmp.rename(weights)
 
 
+def log_columns(metrics: dict) -> list[str]:
+    """The evaluation rows that get a cell in the training log: the model's, then the baselines."""
+    return [k for k in metrics["identity"] if k.startswith("model")] + [b for b in BASELINE_ROWS if b in metrics["identity"]]
+
+
 def log_row(metrics: dict, info: dict, limit: int) -> str:
     t = info["training"]
     sar = metrics["sar_type1"]
     ident = metrics["identity"]
-    model_rows = [k for k in ident if k.startswith("model")]
 
     def cell(name: str) -> str:
         d = ident[name]
@@ -68,7 +73,7 @@ def log_row(metrics: dict, info: dict, limit: int) -> str:
         return " · ".join(parts)
 
     date = datetime.date.today().isoformat()
-    cells = " | ".join(cell(m) for m in model_rows + ["nearest neighbour", "random training image"] if m in ident)
+    cells = " | ".join(cell(m) for m in log_columns(metrics))
     return (f"| {date} | {t['images_seen']:,} | {t['steps']:,} | {t['train_seconds'] / 3600:.2f} | {t['device']} | "
             f"{t['last_loss']:.4f} | {limit} | {cells} |")
 
@@ -99,7 +104,7 @@ def main() -> None:
 
     out = args.eval_out / datetime.datetime.now().strftime("%Y%m%d-%H%M")
     metrics = evaluate(args.run, args.data, out, args.limit, args.guidance)
-    _, info = load_model_dir(args.run / "model")
+    info = read_info(args.run / "model")
     names = {"conditioning": info["encoder"]["name"], "independent": "faceres"}
     summary = {name: {enc: {"identity_mean": metrics["identity"][name][enc]["mean"],
                             "sar_fmr_0.01": metrics["sar_type1"][name][enc]["fmr=0.01"]["sar"]}
@@ -111,7 +116,7 @@ def main() -> None:
     ship(args.run, args.weights, extra)
     row = log_row(metrics, info, args.limit)
     if not args.no_log:
-        append_log(row, [k for k in metrics["identity"] if k.startswith("model")] + ["nearest neighbour", "random training image"])
+        append_log(row, log_columns(metrics))
     print((out / "report.md").read_text())
     print(row)
     print(json.dumps(extra["thresholds"]))

@@ -16,6 +16,16 @@ def _sar(table: dict | None, key: str) -> str:
     return f"{100 * r['sar']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
 
 
+def _sar_rows(per_method: dict, enc_names: list[str]) -> list[str]:
+    """A SAR table: {method: {encoder: sar_table}} -> header, rule and one line per method."""
+    lines = ["| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
+             "|---|" + "---|---|" * len(enc_names)]
+    for name, per in per_method.items():
+        cells = [f"{_sar(per.get(n), 'fmr=0.01')} | {_sar(per.get(n), 'fmr=0.001')}" for n in enc_names]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_report(m: dict, encoders) -> str:
     lines = ["# id3pm evaluation", ""]
     enc_names = [n for n, _ in encoders]
@@ -32,12 +42,7 @@ def render_report(m: dict, encoders) -> str:
     if m.get("sar_type1"):
         lines += ["## Success attack rate, type-I (reconstruction vs the inverted image; threshold at the FMR "
                   "of real impostor pairs; 95% Wilson CI)", "",
-                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
-                  "|---|" + "---|---|" * len(enc_names)]
-        for name, per in m["sar_type1"].items():
-            cells = [f"{_sar(per.get(n), 'fmr=0.01')} | {_sar(per.get(n), 'fmr=0.001')}" for n in enc_names]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  *_sar_rows(m["sar_type1"], enc_names), ""]
     if m.get("verification"):
         v = m["verification"]
         lines += [f"## Verification accuracy ({v['pairs']} pairs, 10-fold; first image of each positive pair "
@@ -49,14 +54,8 @@ def render_report(m: dict, encoders) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", "Type-II SAR (reconstruction of the first image vs the second image of each positive pair; "
                   "threshold at the FMR of the real negative pairs):", "",
-                  "| method | " + " | ".join(f"{n} SAR @FMR 1% | {n} SAR @FMR 0.1%" for n in enc_names) + " |",
-                  "|---|" + "---|---|" * len(enc_names)]
-        for name, row in v["rows"].items():
-            if "sar_type2" in row[enc_names[0]]:
-                cells = [f"{_sar(row[n]['sar_type2'], 'fmr=0.01')} | {_sar(row[n]['sar_type2'], 'fmr=0.001')}"
-                         for n in enc_names]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+                  *_sar_rows({name: {n: row[n]["sar_type2"] for n in enc_names}
+                              for name, row in v["rows"].items() if "sar_type2" in row[enc_names[0]]}, enc_names), ""]
     if m.get("diversity"):
         lines += ["## Diversity among samples of one identity (higher is more diverse)", "",
                   "| method | pose (deg) | expression | emotion (TV) | 1 - MS-SSIM | LPIPS | identity spread |",
