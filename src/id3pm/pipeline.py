@@ -168,6 +168,9 @@ class ID3PMPipeline:
             "guidance_scale": guidance_scale,
             "num_inference_steps": num_inference_steps,
             "sampler": sampler,
+            # the grid every sampler walks (UniPC included): the original timesteps kept by respacing
+            "timesteps": sorted((int(t) for t in space_timesteps(self.diffusion.num_timesteps, num_inference_steps)),
+                                reverse=True),
             "seed": seed,
             "model": self.model_path,
             "encoder": self.info["encoder"].get("name"),

@@ -154,6 +154,22 @@ def sample_dpmpp_2m(denoise: Denoiser, diffusion: GaussianDiffusion, x, generato
     return x
 
 
+def use_our_grid(scheduler, diffusion: GaussianDiffusion) -> None:
+    """Make a diffusers multistep scheduler walk OUR kept timesteps. Schedulers that take
+    custom timesteps get them; the others (UniPC's `set_timesteps` ignores a grid and
+    spaces its own) get their timesteps and sigmas replaced after `set_timesteps`: their
+    `step` reads the noise level from `sigmas[step_index]` and counts steps from 0."""
+    kept = np.asarray(diffusion.timestep_map, dtype=np.int64)[::-1].copy()
+    if "timesteps" in inspect.signature(scheduler.set_timesteps).parameters:
+        scheduler.set_timesteps(timesteps=kept.tolist())
+        return
+    scheduler.set_timesteps(num_inference_steps=len(kept))
+    abar = np.cumprod(1.0 - np.asarray(diffusion.full_betas, dtype=np.float64))[kept]
+    sigmas = np.append(np.sqrt((1 - abar) / abar), 0.0)  # ends at sigma 0 (final_sigmas_type="zero")
+    scheduler.timesteps = torch.from_numpy(kept)
+    scheduler.sigmas = torch.from_numpy(sigmas.astype(np.float32))
+
+
 def diffusers_sampler(scheduler_cls_name: str, **scheduler_kwargs):
     """Any deterministic multistep scheduler of diffusers (UniPC, DEIS, ...) as a sampler
     of our signature, driven by our betas and our kept timesteps."""
@@ -167,13 +183,13 @@ def diffusers_sampler(scheduler_cls_name: str, **scheduler_kwargs):
             num_train_timesteps=len(full_betas),
             trained_betas=full_betas.tolist(),
             prediction_type="epsilon",
-            thresholding=False,
+            # "Dynamic" thresholding with its threshold capped at 1 is plain clipping of
+            # the predicted x0 to [-1, 1] at every step, as our own samplers do.
+            thresholding=clip,
+            sample_max_value=1.0,
             **scheduler_kwargs,
         )
-        if "timesteps" in inspect.signature(scheduler.set_timesteps).parameters:
-            scheduler.set_timesteps(timesteps=[int(t) for t in diffusion.timestep_map[::-1]])
-        else:  # schedulers without custom timesteps space the same number of steps themselves
-            scheduler.set_timesteps(num_inference_steps=diffusion.num_timesteps)
+        use_our_grid(scheduler, diffusion)
         steps = tqdm(scheduler.timesteps, desc="sampling", leave=False) if progress else scheduler.timesteps
         for t in steps:
             tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
