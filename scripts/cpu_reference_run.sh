@@ -15,7 +15,7 @@ set -euo pipefail
 UNTIL="${1:?usage: cpu_reference_run.sh HH:MM (UTC end of the run)}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DATA="${DATA:-$HOME/.cache/id3pm/data/utk}"
-RUN="${RUN:-$HOME/.cache/id3pm/runs/reference32}"
+RUN="${RUN:-$HOME/.cache/id3pm/runs/reference32p}"
 SHIPPED="${SHIPPED:-$ROOT/weights/id3pm-utkface-32}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 
@@ -26,6 +26,11 @@ INIT=()
 if [ ! -e "$RUN/checkpoint/state.json" ] && [ ! -e "$RUN/checkpoint.old/state.json" ] && [ -e "$SHIPPED/id3pm.json" ]; then
   INIT=(--init-from "$SHIPPED")   # a new machine: continue from what the repository ships
 fi
+# The regression prior g(y) (src/id3pm/prior.py): PRIOR=DIR for a new run, else the one the
+# shipped model carries. A run that resumes uses its own copy and ignores the flag.
+PRIOR="${PRIOR:-}"
+if [ -z "$PRIOR" ] && [ -e "$SHIPPED/prior/id3pm.json" ]; then PRIOR="$SHIPPED/prior"; fi
+if [ -n "$PRIOR" ]; then INIT+=(--prior "$PRIOR"); fi
 # The run's settings: keep them identical from period to period (a resume takes the
 # network from the checkpoint; these decide the rest).
 setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" \

@@ -1,7 +1,7 @@
 """End of a working period: measure the CPU run's EMA model on the holdout, ship it as
 fp16 safetensors into weights/, and append its row to the training log.
 
-    python scripts/ship_reference.py --run ~/.cache/id3pm/runs/reference32 \
+    python scripts/ship_reference.py --run ~/.cache/id3pm/runs/reference32p \
         --data ~/.cache/id3pm/data/utk --limit 200
 
 - The evaluation (identity distance and type-I SAR under dlib AND faceres, against
@@ -26,6 +26,7 @@ import torch
 from id3pm.evaluation import EvalConfig, Evaluation
 from id3pm.hardware import cpu_description
 from id3pm.modeldir import load_model_dir, read_info, save_model_dir
+from id3pm.prior import prior_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_HEADER = "## Training log of the reference model"
@@ -49,6 +50,9 @@ def ship(run: Path, weights: Path, extra: dict) -> None:
     tmp = weights.with_name(weights.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model_dir(tmp, model, {**info, **extra}, max_shard_size="15MB", dtype=torch.float16)
+    if info.get("prior"):  # the regression decoder g(y) the model was trained with (id3pm.prior)
+        prior, prior_info = load_model_dir(prior_folder(run / "model"))
+        save_model_dir(prior_folder(tmp), prior, prior_info, max_shard_size="15MB", dtype=torch.float16)
     shutil.rmtree(weights, ignore_errors=True)
     tmp.rename(weights)
 
@@ -74,7 +78,10 @@ def log_row(metrics: dict, info: dict, limit: int) -> str:
 
     date = datetime.date.today().isoformat()
     cells = " | ".join(cell(m) for m in log_columns(metrics))
-    return (f"| {date} | {t['images_seen']:,} | {t['steps']:,} | {t['train_seconds'] / 3600:.2f} | {t['device']} | "
+    # the whole lineage (warm starts) and the regression prior's training count too
+    images, steps = t.get("total_images_seen", t["images_seen"]), t.get("total_steps", t["steps"])
+    hours = (t.get("total_train_seconds", t["train_seconds"]) + t.get("prior_train_seconds", 0.0)) / 3600
+    return (f"| {date} | {images:,} | {steps:,} | {hours:.2f} | {t['device']} | "
             f"{t['last_loss']:.4f} | {limit} | {cells} |")
 
 

@@ -31,14 +31,35 @@ def test_output_has_noise_and_variance_channels_and_uses_the_vector():
         m(x, t)
 
 
-def test_learned_null_condition_and_attribute_mask():
+def test_a_dropped_identity_becomes_exactly_the_learned_null_embedding():
+    torch.manual_seed(0)
+    m = IDConditionedUNet(**{**TINY, "null_condition": "learned"}).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 600])
+    y1, y2 = torch.randn(2, 5), torch.randn(2, 5)
+    with torch.no_grad():
+        m.null_id_embedding.copy_(torch.randn_like(m.null_id_embedding))
+        drop = torch.tensor([True, False])
+        out = m(x, t, id_vector=y1, drop_id=drop)
+        # computed independently: the body with the embedding we expect in each row
+        null = m.null_id_embedding.expand(2, -1)
+        expected_dropped = m.unet(x, t, class_labels=null).sample
+        expected_kept = m.unet(x, t, class_labels=m.id_embedding(y1 * m.config.id_scale)).sample
+        other = m(x, t, id_vector=y2, drop_id=drop)
+    torch.testing.assert_close(out[0], expected_dropped[0])
+    torch.testing.assert_close(out[1], expected_kept[1])
+    torch.testing.assert_close(other[0], out[0])  # a dropped row knows nothing of its vector
+    assert not torch.allclose(other[1], out[1])
+    # "zero" null: the dropped vector reaches the Linear as zeros, i.e. its bias alone
+    z = IDConditionedUNet(**TINY).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(z(x, t, id_vector=y1, drop_id=torch.tensor([True, True])),
+                                   z.unet(x, t, class_labels=z.id_embedding.bias.expand(2, -1)).sample)
+
+
+def test_the_attribute_mask():
     torch.manual_seed(0)
     m = IDConditionedUNet(**{**TINY, "null_condition": "learned", "attr_dim": 3}).eval()
     x, t, y = torch.randn(1, 3, 16, 16), torch.tensor([10]), torch.randn(1, 5)
-    with torch.no_grad():
-        m.null_id_embedding.fill_(0.5)
-    dropped = m(x, t, id_vector=y, drop_id=torch.tensor([True]))
-    assert not torch.allclose(dropped, m(x, t, id_vector=torch.zeros(1, 5)))
     a = torch.tensor([[1.0, -2.0, 0.5]])
     unset = m(x, t, id_vector=y, attributes=a, attr_mask=torch.zeros(1, 3))
     torch.testing.assert_close(unset, m(x, t, id_vector=y, attributes=torch.zeros(1, 3), attr_mask=torch.zeros(1, 3)))
@@ -81,3 +102,15 @@ def test_mid_block_attention_has_its_group_norm_as_in_adm():
     attention = model.unet.mid_block.attentions[0]
     assert isinstance(attention.group_norm, torch.nn.GroupNorm) and attention.group_norm.num_groups == 8
     assert "unet.mid_block.attentions.0.group_norm.weight" in model.state_dict()
+
+
+def test_coordinate_canvas_tells_every_pixel_apart():
+    from id3pm.models.unet import coordinate_canvas
+
+    c = coordinate_canvas(2, 5, "cpu")
+    assert c.shape == (2, 3, 5, 5)
+    torch.testing.assert_close(c[0, :, 0, 0], torch.tensor([-1.0, -1.0, -1.0]))  # top left: u = v = -1
+    torch.testing.assert_close(c[0, :, 2, 2], torch.tensor([0.0, 0.0, 1.0]))  # centre
+    torch.testing.assert_close(c[0, :, 0, 4], torch.tensor([1.0, -1.0, -1.0]))  # top right
+    pixels = c[0].reshape(3, -1).T
+    assert len({tuple(p.tolist()) for p in pixels}) == 25

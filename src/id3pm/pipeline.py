@@ -23,6 +23,8 @@ from id3pm.diffusion import GaussianDiffusion, make_betas, respace, space_timest
 from id3pm.encoders import EncodeResult, Encoder, check_vectors, identity_distance, make_encoder
 from id3pm.images import tensor_to_uint8
 from id3pm.modeldir import load_model_dir, shipped_path
+from id3pm.prior import as_input as prior_as_input
+from id3pm.prior import prior_folder, prior_images
 from id3pm.sampling import FirstStepInFP32, get_sampler, guided_denoiser, make_generators, per_image_noise
 
 DEFAULT_SAMPLER = "dpmpp_2m"
@@ -47,7 +49,11 @@ def _shown(out: PipelineOutput) -> np.ndarray:
 
 class ID3PMPipeline:
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu", encoder: Encoder | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", prior: torch.nn.Module | None = None):
+        """prior: the regression decoder g(y) of a model trained with `--prior` (id3pm.prior)."""
+        if info.get("prior") and prior is None:
+            raise ValueError("this model was trained with a regression prior: pass prior=")
+        self.prior = prior
         # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (measured: benchmarks/sampling.py)
         self.model = model.to(memory_format=torch.channels_last)
         self.info = info
@@ -77,7 +83,8 @@ class ID3PMPipeline:
         model, info = load_model_dir(path, device=device)
         if info.get("task") not in ("base", "regression"):
             raise ValueError(f"{path}: a {info.get('task')!r} model is not an identity-conditioned generator")
-        pipe = cls(model, info, device, precision=precision)
+        prior = load_model_dir(prior_folder(path), device=device)[0] if info.get("prior") else None
+        pipe = cls(model, info, device, precision=precision, prior=prior)
         pipe.model_path = str(path)
         return pipe
 
@@ -205,10 +212,11 @@ class ID3PMPipeline:
 
     def _render(self, x, y, gens, guidance_scale, num_inference_steps, sampler, attributes, attr_mask) -> np.ndarray:
         if self.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
-            t0 = torch.zeros(len(y), dtype=torch.long, device=self.device)
-            return tensor_to_uint8(self.model(torch.zeros_like(x), t0, id_vector=y)[:, :3])
+            return tensor_to_uint8(self.model.regress(y)[:, :3])
         diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
-        denoise = guided_denoiser(self.model, y, guidance_scale, attributes=attributes, attr_mask=attr_mask)
+        prior = None if self.prior is None else prior_as_input(prior_images(self.prior, y), self.device)
+        denoise = guided_denoiser(self.model, y, guidance_scale, attributes=attributes, attr_mask=attr_mask,
+                                  prior_image=prior)
         denoise = FirstStepInFP32(denoise)
         return tensor_to_uint8(get_sampler(sampler)(denoise, diffusion, x, gens)[:, :3])
 

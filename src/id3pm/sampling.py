@@ -43,16 +43,22 @@ def guided_denoiser(
     guidance_scale: float,
     attributes: torch.Tensor | None = None,
     attr_mask: torch.Tensor | None = None,
+    prior_image: torch.Tensor | None = None,
 ) -> Denoiser:
     """Classifier-free guidance: eps = eps_u + s (eps_c - eps_u) on the noise channels;
     the variance channels come from the conditional pass (as in GLIDE). The conditional
-    and unconditional passes go through the network in ONE batched forward."""
+    and unconditional passes go through the network in ONE batched forward.
+    prior_image: g(y) of a model trained with a regression prior (`id3pm.prior`); the
+    unconditional pass gets zeros in its place, as in training."""
     batch = id_vectors.shape[0]
 
     def cond_args(n_copies: int, drop: list[bool]):
         drop_id = torch.tensor(sum([[d] * batch for d in drop], []), device=id_vectors.device)
         rep = lambda a: None if a is None else a.repeat(n_copies, *([1] * (a.ndim - 1)))  # noqa: E731
-        return dict(id_vector=rep(id_vectors), drop_id=drop_id, attributes=rep(attributes), attr_mask=rep(attr_mask))
+        args = dict(id_vector=rep(id_vectors), drop_id=drop_id, attributes=rep(attributes), attr_mask=rep(attr_mask))
+        if prior_image is not None:
+            args["cond_image"] = torch.cat([torch.zeros_like(prior_image) if d else prior_image for d in drop])
+        return args
 
     if guidance_scale == 1.0:  # conditional only: half the work
         args = cond_args(1, [False])

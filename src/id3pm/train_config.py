@@ -37,6 +37,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto" (bf16 on GPU and CPUs with native bf16), "no", "bf16", "fp16"
     compile: bool = False  # torch.compile the network
     init_from: str = ""  # warm start: a model folder whose weights to start from (fresh optimizer)
+    prior: str = ""  # base task: a regression model folder whose g(y) the network also sees (DiffuseVAE)
     augment_level_max: float = 0.5  # superres: max noise-augmentation level of the low-res input (0..1)
     progress: bool = True
 

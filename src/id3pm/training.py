@@ -26,6 +26,9 @@ from id3pm.images import contact_sheet, save_png, tensor_to_uint8
 from id3pm.train_config import TrainConfig
 from id3pm.modeldir import PRESETS, save_model_dir
 from id3pm.models import IDConditionedUNet
+from id3pm.models.unet import coordinate_canvas
+from id3pm.prior import PRIOR_FOLDER, prior_images, widen_input_channels
+from id3pm.prior import as_input as prior_as_input
 
 
 def attribute_stats(attrs: np.ndarray) -> dict:
@@ -112,14 +115,28 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
             }
     if cfg.task == "regression":
         args["out_channels"] = 3
+    if cfg.prior:
+        if cfg.task != "base":
+            raise ValueError("--prior is for the base task")
+        args["extra_cond_channels"] = 3  # g(y) next to x_t
+        info["prior"] = {"folder": PRIOR_FOLDER, "from": cfg.prior}
     model = IDConditionedUNet(sample_size=cfg.size, **args)
     return model, info
 
 
+def config_differences(a: IDConditionedUNet, b: IDConditionedUNet) -> set[str]:
+    """Names of the network arguments in which two models differ (tuples and lists alike)."""
+    norm = lambda c: json.loads(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}))  # noqa: E731
+    ca, cb = norm(a.config), norm(b.config)
+    return {k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k)}
+
+
 def batch_from(train_set: TrainingSet, idx: np.ndarray, device) -> dict:
+    t = torch.from_numpy(idx)
+    prior = {} if train_set.prior_cache is None else {"prior_image": train_set.prior_cache[t]}  # uint8
     if train_set.cache is not None:
-        t = torch.from_numpy(idx)
         batch = {
+            **prior,
             "image": train_set.cache[t].to(device).permute(0, 3, 1, 2).float() / 127.5 - 1,
             "id_vector": train_set.vectors[t].to(device),
         }
@@ -129,7 +146,7 @@ def batch_from(train_set: TrainingSet, idx: np.ndarray, device) -> dict:
             batch["cond_image"] = train_set.cond_cache[t].to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
         return batch
     items = [train_set[int(i)] for i in idx]
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+    return {**prior, **{k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}}
 
 
 def upsample(low: torch.Tensor, size: int) -> torch.Tensor:
@@ -141,7 +158,9 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
     x0 = batch["image"]
     b, device = x0.shape[0], x0.device
     if cfg.task == "regression":  # the paper's Eq. 4 baseline: g(y) -> x, one-to-one, MSE
-        out = model(torch.zeros_like(x0), torch.zeros(b, dtype=torch.long, device=device), id_vector=batch["id_vector"])
+        # through the (compiled / DDP) wrapper's forward, so not model.regress()
+        canvas = coordinate_canvas(b, x0.shape[-1], device)
+        out = model(canvas, torch.zeros(b, dtype=torch.long, device=device), id_vector=batch["id_vector"])
         mse = ((out.float() - x0) ** 2).mean(dim=(1, 2, 3))
         return {"loss": mse, "mse": mse}
     t = rnd.randint(diffusion.num_timesteps, (b,), device)
@@ -158,6 +177,8 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
     else:
         kwargs["id_vector"] = batch["id_vector"]
         kwargs["drop_id"] = rnd.rand((b,), device) < cfg.cond_drop
+        if "prior_image" in batch:  # dropped together with y: the unconditional model sees no identity
+            kwargs["cond_image"] = prior_as_input(batch["prior_image"], device, drop=kwargs["drop_id"])
         if "attributes" in batch:
             stats = info["attributes"]
             mean = torch.tensor(stats["mean"], device=device)
@@ -200,13 +221,14 @@ def sample_grid(cfg, ema_model, info, diffusion, train_set, holdout_set, step: i
     gens = make_generators(range(n))
     x = per_image_noise(gens, (3, cfg.size, cfg.size), device)
     if cfg.task == "regression":
-        samples = ema_model(torch.zeros_like(x), torch.zeros(n, dtype=torch.long, device=device), id_vector=batch["id_vector"])
+        samples = ema_model.regress(batch["id_vector"])
     elif cfg.task == "superres":
         low = upsample(batch["cond_image"], cfg.size)
         denoise = lambda xt, t: ema_model(xt, t, cond_image=low, level=torch.zeros(n, device=device))  # noqa: E731
         samples = sample_dpmpp_2m(denoise, d, x, gens)
     else:
-        denoise = guided_denoiser(ema_model, batch["id_vector"], 2.0)
+        prior = None if "prior_image" not in batch else prior_as_input(batch["prior_image"], device)
+        denoise = guided_denoiser(ema_model, batch["id_vector"], 2.0, prior_image=prior)
         samples = sample_dpmpp_2m(denoise, d, x, gens)
     real = tensor_to_uint8(batch["image"])
     fake = tensor_to_uint8(samples[:, :3])
@@ -235,6 +257,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self._load_data()
         self._build_or_resume()
+        self._load_prior()
         self.diffusion = GaussianDiffusion(
             make_betas(self.info["diffusion"]["schedule"], self.info["diffusion"]["num_timesteps"])
         )
@@ -276,9 +299,13 @@ class Trainer:
                 from id3pm.modeldir import load_model_dir
 
                 src, src_info = load_model_dir(cfg.init_from)
-                if src.config != model.config:
-                    model = IDConditionedUNet.from_config(src.config)
-                model.load_state_dict(src.state_dict())
+                differs = config_differences(src, model)
+                if differs == {"extra_cond_channels"}:  # a model without the prior, widened to take it
+                    widen_input_channels(model, src.state_dict())
+                else:
+                    if differs:
+                        model = IDConditionedUNet.from_config(src.config)
+                    model.load_state_dict(src.state_dict())
                 self.info["warm_start"] = {"from": cfg.init_from, "previous_training": src_info.get("training")}
         self.model = model.to(self.device)
         self.ema = {k: v.detach().clone().float() for k, v in self.model.state_dict().items()}
@@ -290,6 +317,29 @@ class Trainer:
             self.state = load_checkpoint(ckpt, self.model, self.ema, self.optimizer, self.device)
             truncate_log(self.out / "log.jsonl", self.state["step"])
             self.accelerator.print(f"resumed from {ckpt} at step {self.state['step']}")
+
+    def _load_prior(self) -> None:
+        """The regression prior, copied into the run folder (a resume and the exported
+        model need nothing outside it), then g(y) of every training and holdout image."""
+        self.prior = None
+        if not self.info.get("prior"):
+            return
+        from id3pm.modeldir import load_model_dir
+
+        own = self.out / PRIOR_FOLDER
+        if not (own / "id3pm.json").exists():
+            prior, prior_info = load_model_dir(self.cfg.prior)
+            if prior_info.get("task") != "regression":
+                raise ValueError(f"{self.cfg.prior}: a prior must be a regression model (id3pm train --task regression)")
+            if self.is_main:
+                save_model_dir(own, prior, prior_info)
+            self.accelerator.wait_for_everyone()
+        self.prior, self.prior_info = load_model_dir(own, device=self.device)
+        start = time.time()
+        for split in (self.train_set, self.holdout_set):
+            if split is not None:
+                split.prior_cache = prior_images(self.prior, split.vectors)
+        self.accelerator.print(f"prior g(y) of {len(self.train_set)} training images in {time.time() - start:.0f} s")
 
     def lr_at(self, step: int) -> float:
         return self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
@@ -324,7 +374,16 @@ class Trainer:
             "forward_gflops_per_image": round(self.flops / 1e9, 3),
             "last_loss": self.state.get("last_loss"),
         }
+        # What the network has seen over its whole lineage (warm starts included), and the
+        # compute of the regression prior it depends on.
+        before = self.info.get("warm_start", {}).get("previous_training") or {}
+        for key in ("images_seen", "steps", "train_seconds"):
+            summary[f"total_{key}"] = summary[key] + before.get(f"total_{key}", before.get(key, 0))
+        if self.prior is not None:
+            summary["prior_train_seconds"] = self.prior_info.get("training", {}).get("train_seconds", 0.0)
         save_model_dir(self.out / "model", self.ema_model(), {**self.info, "training": summary})
+        if self.prior is not None:
+            save_model_dir(self.out / "model" / PRIOR_FOLDER, self.prior, self.prior_info)
 
     def sample(self) -> None:
         if not self.is_main:

@@ -115,6 +115,7 @@ class TrainingSet(torch.utils.data.Dataset):
         self.attrs = None if attrs is None else torch.from_numpy(attrs.copy())
         self.cache = torch.from_numpy(data.images(size, self.indices)) if decode_in_memory else None
         self.cond_cache = None
+        self.prior_cache = None  # uint8 g(y) per image when training with a regression prior (id3pm.prior)
         if cond_size and decode_in_memory:
             self.cond_cache = torch.from_numpy(data.images(cond_size, self.indices))
 

@@ -155,3 +155,22 @@ class IDConditionedUNet(ModelMixin, ConfigMixin):
                 raise ValueError("this model needs cond_image (the low-resolution input)")
             x = torch.cat([x, cond_image.to(x.dtype)], dim=1)
         return self.unet(x, t, class_labels=emb).sample
+
+    def regress(self, id_vector: torch.Tensor) -> torch.Tensor:
+        """The one-to-one decoder g(y) (the paper's Eq. 4 baseline; a model trained with
+        `--task regression`): one forward on a fixed coordinate canvas at t = 0.
+        Returns (B, out_channels, H, W); the image is the first 3 channels."""
+        b, size = id_vector.shape[0], self.config.sample_size
+        canvas = coordinate_canvas(b, size, id_vector.device).to(self.dtype)
+        return self(canvas, torch.zeros(b, dtype=torch.long, device=id_vector.device), id_vector=id_vector)
+
+
+def coordinate_canvas(batch: int, size: int, device) -> torch.Tensor:
+    """(B, 3, size, size): u, v in [-1, 1] and 1 - u^2 - v^2. The regression decoder's
+    input: on a constant input every GroupNorm outputs a constant map and only the
+    convolutions' zero padding tells pixels apart (measured: a 15-minute pilot fed zeros
+    stayed near the mean face's error), while coordinates let it place features."""
+    line = torch.linspace(-1, 1, size, device=device)
+    v, u = torch.meshgrid(line, line, indexing="ij")
+    return torch.stack([u, v, 1 - u**2 - v**2]).expand(batch, 3, size, size)
+
