@@ -188,7 +188,7 @@ def test_evaluate_end_to_end(tmp_path):
     code = main(["evaluate", "--model", f"untrained={model}", "--data", str(tmp_path / "prep"), "--limit", "3",
                  "--independent", "", "--pairs", str(tmp_path / "pairs.csv"), "--pairs-root", str(src),
                  "--guidance", "1", "3", "--steps", "2", "--diversity-ids", "1", "--diversity-samples", "3",
-                 "--out", str(tmp_path / "eval"), "--device", "cpu"])
+                 "--queries", "2", "--report", "attack", "--out", str(tmp_path / "eval"), "--device", "cpu"])
     assert code == 0
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     rows = set(m["identity"])
@@ -206,3 +206,13 @@ def test_evaluate_end_to_end(tmp_path):
     assert "real (original crop)" not in m["sar_type1"]
     assert m["verification"]["rows"]["untrained s=1"]["conditioning"]["sar_type2"]["fmr=0.01"]["n"] == 3
     assert "Success attack rate, type-I" in report and "Type-II SAR" in report
+    # the attack report: rows refined with 2 dlib queries per identity, their cost, the figure
+    for search in ("best_of_n", "renoise"):
+        row = f"untrained s=1 {search} N=2"
+        assert row in m["sar_type1"] and m["cost"][row]["queries_per_identity"] == 2
+        # the kept image is the closer of two under dlib, one of which is the plain sample's seed
+        assert m["identity"][row]["conditioning"]["mean"] <= m["identity"]["untrained s=1"]["conditioning"]["mean"] + 1e-6
+    assert m["cost"]["untrained s=1"]["queries_per_identity"] == 0
+    attack = (tmp_path / "eval" / "attack.md").read_text()
+    assert "untrained s=1 renoise N=2" in attack and "queries / identity" in attack
+    assert (tmp_path / "eval" / "attack.png").exists()

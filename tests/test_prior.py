@@ -84,7 +84,7 @@ def test_a_base_model_with_a_prior_trains_ships_and_samples(trained_tiny, tmp_pa
     (widened) and taught to use g(y); the exported folder carries its prior."""
     from id3pm.pipeline import ID3PMPipeline
 
-    model_dir, images, vectors = trained_tiny
+    model_dir, _, vectors = trained_tiny
     prepared = make_tiny_prepared(tmp_path / "d", size=8)[0]  # the same images and vectors as trained_tiny
     train(TrainConfig(out=str(tmp_path / "reg"), data=str(prepared), task="regression", max_steps=300, save_every=300,
                       **TINY_TRAIN))
@@ -98,3 +98,21 @@ def test_a_base_model_with_a_prior_trains_ships_and_samples(trained_tiny, tmp_pa
     for i in range(4):
         for j in range(2):
             assert ((targets - pooled(out[i, j])) ** 2).mean(axis=(1, 2, 3)).argmin() == i
+
+
+def test_prior_images_are_cached_for_exactly_the_same_vectors(tmp_path):
+    from id3pm.training import cached_prior_images
+
+    prior = _randomised(IDConditionedUNet(**{**NET, "out_channels": 3}))
+    vectors = torch.randn(5, 4)
+    path = tmp_path / "cache_train.safetensors"
+    first = cached_prior_images(prior, vectors, path)
+    assert first.dtype == torch.uint8 and first.shape == (5, 3, 8, 8) and path.exists()
+
+    class Refuses(torch.nn.Module):
+        def regress(self, y):
+            raise AssertionError("the cache should have answered")
+
+    torch.testing.assert_close(cached_prior_images(Refuses(), vectors, path), first)
+    other = cached_prior_images(prior, vectors + 1, path)  # new vectors: computed again
+    assert not torch.equal(other, first)

@@ -198,27 +198,48 @@ class ID3PMPipeline:
     @torch.inference_mode()
     def render(self, vectors: np.ndarray, seeds, guidance_scale: float = 2.0, num_inference_steps: int = 25,
                sampler: str = DEFAULT_SAMPLER, attributes: torch.Tensor | None = None,
-               attr_mask: torch.Tensor | None = None) -> np.ndarray:
+               attr_mask: torch.Tensor | None = None, start_images: np.ndarray | None = None,
+               strength: float = 1.0) -> np.ndarray:
         """One batch: image b from vector vectors[b] and its own generator seeded with
         seeds[b] (all its noise, so it does not depend on the rest of the batch).
         (B, D) validated vectors -> (B, H, W, 3) uint8. attributes/attr_mask are the
-        normalised tensors of `_attributes`."""
+        normalised tensors of `_attributes`. start_images (B, H, W, 3) uint8: re-noise
+        them to the fraction `strength` of the schedule and denoise from there (SDEdit,
+        Meng et al. 2022) instead of starting from pure noise."""
         gens = make_generators(seeds)
         x = per_image_noise(gens, (3, self.image_size, self.image_size), self.device)
         x = x.contiguous(memory_format=torch.channels_last)
         y = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=self.device)
+        start = None
+        if start_images is not None:
+            start = torch.as_tensor(np.asarray(start_images), device=self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self._render(x, y, gens, guidance_scale, num_inference_steps, sampler, attributes, attr_mask)
+            return self._render(x, y, gens, guidance_scale, num_inference_steps, sampler, attributes, attr_mask,
+                                start, strength)
 
-    def _render(self, x, y, gens, guidance_scale, num_inference_steps, sampler, attributes, attr_mask) -> np.ndarray:
+    def _render(self, x, y, gens, guidance_scale, num_inference_steps, sampler, attributes, attr_mask,
+                start=None, strength=1.0) -> np.ndarray:
         if self.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
             return tensor_to_uint8(self.model.regress(y)[:, :3])
-        diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
+        kept = space_timesteps(self.diffusion.num_timesteps, num_inference_steps)
+        if start is not None:  # SDEdit: the grid's steps at or below the start level
+            top = (self.diffusion.num_timesteps - 1) * strength
+            kept = [t for t in kept if t <= top] or kept[:1]
+            t_top = torch.full((len(x),), kept[-1], dtype=torch.long, device=self.device)
+            x = self.diffusion.q_sample(start, t_top, x.float()).contiguous(memory_format=torch.channels_last)
+        diffusion = respace(self.diffusion, kept)
         prior = None if self.prior is None else prior_as_input(prior_images(self.prior, y), self.device)
         denoise = guided_denoiser(self.model, y, guidance_scale, attributes=attributes, attr_mask=attr_mask,
                                   prior_image=prior)
         denoise = FirstStepInFP32(denoise)
         return tensor_to_uint8(get_sampler(sampler)(denoise, diffusion, x, gens)[:, :3])
+
+    def refine(self, id_vectors, queries: int, **kwargs):
+        """Spend `queries` black-box queries per identity (best-of-N or the re-noising
+        search); returns an id3pm.refine.RefineResult. See `id3pm.refine.query_refine`."""
+        from id3pm.refine import query_refine
+
+        return query_refine(self, id_vectors, queries, **kwargs)
 
     def invert(self, photos: Sequence[np.ndarray], aligned: bool = False, keys=None, **kwargs):
         """Encode photos with the black box, then generate from their vectors.

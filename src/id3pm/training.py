@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -122,6 +123,27 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
         info["prior"] = {"folder": PRIOR_FOLDER, "from": cfg.prior}
     model = IDConditionedUNet(sample_size=cfg.size, **args)
     return model, info
+
+
+def cached_prior_images(prior, vectors: torch.Tensor, path: Path) -> torch.Tensor:
+    """g(y) for these vectors, from `path` when it holds them for exactly these vectors
+    (the run's prior never changes), else computed and written there."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha256(vectors.numpy().tobytes()).hexdigest()
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("vectors_sha256") == digest:
+                return load_file(str(path))["images"]
+    images = prior_images(prior, vectors)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may all get here
+    save_file({"images": images}, str(tmp), metadata={"vectors_sha256": digest})
+    tmp.replace(path)
+    return images
 
 
 def config_differences(a: IDConditionedUNet, b: IDConditionedUNet) -> set[str]:
@@ -336,9 +358,9 @@ class Trainer:
             self.accelerator.wait_for_everyone()
         self.prior, self.prior_info = load_model_dir(own, device=self.device)
         start = time.time()
-        for split in (self.train_set, self.holdout_set):
+        for name, split in (("train", self.train_set), ("holdout", self.holdout_set)):
             if split is not None:
-                split.prior_cache = prior_images(self.prior, split.vectors)
+                split.prior_cache = cached_prior_images(self.prior, split.vectors, own / f"cache_{name}.safetensors")
         self.accelerator.print(f"prior g(y) of {len(self.train_set)} training images in {time.time() - start:.0f} s")
 
     def lr_at(self, step: int) -> float:

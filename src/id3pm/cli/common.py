@@ -55,6 +55,16 @@ def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None
     p.add_argument("--upscale-size", type=int, default=128, help="output side of the Lanczos fallback")
 
 
+def add_query_flags(p: argparse.ArgumentParser) -> None:
+    """invert and sample: spend black-box queries at inversion time (id3pm.refine)."""
+    p.add_argument("--queries", type=int, default=0,
+                   help="black-box queries per identity to refine with (0: none, as in the paper); keeps the "
+                        "--num-images closest")
+    p.add_argument("--search", default="best_of_n", choices=["best_of_n", "renoise"],
+                   help="how queries are spent: best of N samples, or re-noising the best candidates (SDEdit)")
+    p.add_argument("--strength", type=float, default=0.5, help="renoise: how far the best candidates are re-noised (0..1]")
+
+
 def parse_attributes(args) -> dict | None:
     """--pose yaw=30 --expression smile=1.2 -> {"yaw": 30.0, "smile": 1.2}."""
     values = {}
@@ -91,7 +101,11 @@ def generate_and_write(pipe, args, names, vectors, references, skipped, extra: d
 
     out_dir = Path(args.out)
     t0 = time.time()
-    result = pipe(vectors, num_images_per_id=args.num_images, seed=args.seed, progress=True, **gen_kwargs(args))
+    if getattr(args, "queries", 0):
+        result, refine_json = refined(pipe, args, vectors)
+        extra = {**(extra or {}), "refine": refine_json}
+    else:
+        result = pipe(vectors, num_images_per_id=args.num_images, seed=args.seed, progress=True, **gen_kwargs(args))
     seconds = time.time() - t0
     distances = pipe.identity_distances(result.images, vectors)
     shown = result.upscaled if result.upscaled is not None else result.images
@@ -106,7 +120,8 @@ def generate_and_write(pipe, args, names, vectors, references, skipped, extra: d
             item["upscaled"] = {"files": ["upscaled/" + f for f in up["files"]], "identity_distance": up["identity_distance"]}
         items.append(item)
         rows.append(([ref] if any(r is not None for r in references) else []) + list(shown[i]))
-    header = (["input"] if any(r is not None for r in references) else []) + [f"seed {s}" for s in result.seeds]
+    column = "rank" if "queries" in result.params else "seed"  # refined images are ranked; their seeds are in "refine"
+    header = (["input"] if any(r is not None for r in references) else []) + [f"{column} {s}" for s in result.seeds]
     write_job_sheet(out_dir, rows, names, result.params, header)
     finite = distances[np.isfinite(distances)]
     payload = {
@@ -123,6 +138,23 @@ def generate_and_write(pipe, args, names, vectors, references, skipped, extra: d
     }
     write_results(out_dir, payload)
     return payload
+
+
+def refined(pipe, args, vectors):
+    """--queries: spend them on the black box, keep the --num-images closest per identity.
+    Returns (PipelineOutput with the kept images by rank, the refinement's JSON)."""
+    from id3pm.pipeline import PipelineOutput
+    from id3pm.refine import query_refine
+
+    if args.upscale or parse_attributes(args):
+        raise ValueError("--queries works without --upscale, --pose and --expression for now")
+    out = query_refine(pipe, vectors, queries=args.queries, keep=args.num_images, search=args.search,
+                       guidance_scale=args.guidance, num_inference_steps=args.steps, sampler=args.sampler,
+                       seed=args.seed, strength=args.strength, batch_size=args.batch_size, progress=True)
+    params = {"guidance_scale": args.guidance, "num_inference_steps": args.steps, "sampler": args.sampler,
+              "seed": args.seed, "model": pipe.model_path, "encoder": pipe.info["encoder"].get("name"),
+              "precision": pipe.precision, "queries": args.queries, "search": args.search}
+    return PipelineOutput(out.images, list(range(args.num_images)), params), out.to_json()
 
 
 def unique_names(names: list[str]) -> list[str]:

@@ -39,7 +39,7 @@ def cmd_prepare(args):
 def _prepare_flags(p):
     p.add_argument("src", help="folder of face photos (recursive)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--encoder", default="dlib", help="dlib | onnx:path=F.onnx,... | remote:url=... | table:path=...")
+    p.add_argument("--encoder", default="dlib", help="dlib | onnx:path=F.onnx,... | remote:url=... | table:path=... | protected:encoder=dlib,transform=biohash,key=7")
     p.add_argument("--size", type=int, default=64, help="crop side")
     p.add_argument("--sizes", help="several crop sides, e.g. 64,128 (super-resolution)")
     p.add_argument("--holdout", type=float, default=0.05, help="held-out fraction (by hash of the file name)")

@@ -18,7 +18,7 @@ def cmd_evaluate(args):
         pairs_limit=args.pairs_limit, guidance=args.guidance, steps=args.steps, sampler=args.sampler,
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
         inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, queries=args.queries, searches=args.search, report=args.report,
     )
     metrics = Evaluation(cfg).run()
     print((Path(args.out) / "report.md").read_text())
@@ -48,6 +48,12 @@ def _evaluate_flags(p):
     p.add_argument("--inception", help="Inception TorchScript file (default cache/fid/default_1.pt)")
     p.add_argument("--lpips-backbone", help="AlexNet weights (safetensors or .pth) for LPIPS")
     p.add_argument("--lpips-heads", help="LPIPS linear heads (alex.pth) for LPIPS")
+    p.add_argument("--queries", type=int, nargs="*", default=[],
+                   help="extra rows: each model refined with N black-box queries per identity (e.g. 4 16 64 256)")
+    p.add_argument("--search", nargs="+", default=["best_of_n", "renoise"], choices=["best_of_n", "renoise"],
+                   help="how the queries are spent")
+    p.add_argument("--report", default="", choices=["", "attack"],
+                   help="attack: also attack.md and attack.png (SAR against queries, both encoders)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="eval")

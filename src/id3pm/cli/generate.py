@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from id3pm.cli.common import add_generation_flags, generate_and_write, load_pipeline, report, unique_names
+from id3pm.cli.common import add_generation_flags, add_query_flags, generate_and_write, load_pipeline, report, unique_names
 from id3pm.cli.registry import command, flags_of
 
 
@@ -63,6 +63,7 @@ def _invert_flags(p):
     p.add_argument("images", nargs="+", help="face photos, or folders of them")
     p.add_argument("--aligned", action="store_true", help="inputs are already canonical crops (no detection)")
     add_generation_flags(p)
+    add_query_flags(p)
 
 
 @command("sample", "generate faces from identity vectors in a file")
@@ -92,3 +93,4 @@ def cmd_sample(args):
 def _sample_flags(p):
     p.add_argument("--vectors", required=True, help=".npy, .json, .npz, .csv or .parquet of identity vectors")
     add_generation_flags(p)
+    add_query_flags(p)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from id3pm.encoders.base import EncodeResult, Encoder
+from id3pm.encoders.base import Encoder, EncodeResult
 
 
 def random_orthonormal(dim: int, rows: int, key: int) -> np.ndarray:

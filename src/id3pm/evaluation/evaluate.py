@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from id3pm.data import PreparedDataset
 from id3pm.encoders import Encoder, identity_distance, make_encoder, parse_encoder_spec
-from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, at_size
+from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, RefinedMethod, at_size
 from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
-from id3pm.evaluation.plots import identity_density_plot, reconstruction_sheet
-from id3pm.evaluation.report import render_report
+from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet
+from id3pm.evaluation.report import render_attack_report, render_report
 from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc
 from id3pm.files import atomic_write_bytes, atomic_write_json
@@ -58,6 +58,9 @@ class EvalConfig:
     seed: int = 0
     device: str | None = None
     batch_size: int = 32
+    queries: list[int] = field(default_factory=list)  # rows refined with N black-box queries per identity
+    searches: list[str] = field(default_factory=lambda: ["best_of_n", "renoise"])  # how the queries are spent
+    report: str = ""  # "attack": also attack.md / attack.png (SAR against queries)
 
 
 def encode_all(encoder: Encoder, images, aligned: bool, desc: str, keys=None, chunk: int = 64) -> np.ndarray:
@@ -128,6 +131,11 @@ class Evaluation:
                 continue
             for g in self.cfg.guidance:
                 methods.append(GenerativeMethod(f"{name} s={g:g}", pipe, g, self.cfg.steps, self.cfg.sampler, self.cfg.batch_size))
+            g = self.cfg.guidance[0]
+            for search in self.cfg.searches if self.cfg.queries else []:
+                for n in self.cfg.queries:
+                    methods.append(RefinedMethod(f"{name} s={g:g} {search} N={n}", pipe, self.cond, n, search, g,
+                                                 self.cfg.steps, self.cfg.sampler, self.cfg.batch_size))
         needs_pool = any(b in ("nn", "random") for b in self.cfg.baselines)
         vectors, images = self._train_pool() if needs_pool else (None, None)
         for b in self.cfg.baselines:
@@ -155,8 +163,14 @@ class Evaluation:
         ind_orig = encode_all(self.ind, crops, True, "independent: originals") if self.ind else None
         results, self.recons = {}, {}
         rows = {"real (original crop)": crops}
+        cost = {}
         for m in self.methods:
+            start, before = time.time(), len(getattr(m, "spent", []))
             rows[m.name] = m.reconstruct(vectors, 1, self.cfg.seed)[:, 0]
+            spent = getattr(m, "spent", [])[before:]
+            cost[m.name] = {"queries_per_identity": float(np.mean(spent)) if spent else 0.0,
+                            "seconds_per_identity": (time.time() - start) / len(idx)}
+        self.metrics["cost"] = cost
         for name, images in rows.items():
             self.recons[name] = images
             entry = {"conditioning": identity_distance(encode_all(self.cond, images, True, f"{name}: conditioning"),
@@ -329,4 +343,7 @@ class Evaluation:
         self.metrics["timing"]["total_seconds"] = time.time() - start
         atomic_write_json(self.out / "metrics.json", self.metrics)
         atomic_write_bytes(self.out / "report.md", render_report(self.metrics, self.encoders).encode())
+        if self.cfg.report == "attack" and self.metrics.get("sar_type1"):
+            atomic_write_bytes(self.out / "attack.md", render_attack_report(self.metrics).encode())
+            attack_plot(self.metrics, self.out / "attack.png")
         return self.metrics

@@ -42,3 +42,44 @@ def reconstruction_sheet(recons: dict, path: Path, n: int = 8) -> None:
     rows = [[recons[name][i] for name in names] for i in range(min(n, len(recons[names[0]])))]
     save_png(contact_sheet(rows, col_labels=[nm[:18] for nm in names], cell=96), path,
              {"what": "originals and reconstructions"})
+
+
+def attack_plot(metrics: dict, path: Path) -> None:
+    """SAR at FMR 1% against black-box queries per identity: one line per search and
+    encoder; the model without queries sits at 1 (best-of-1 is the plain sample)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sar = metrics["sar_type1"]
+    lines: dict[tuple[str, str], dict[float, float]] = {}
+    for name, per in sar.items():
+        head, sep, n = name.rpartition(" N=")  # "model s=2 renoise N=16"
+        if not sep:
+            continue
+        base, _, search = head.rpartition(" ")
+        for enc, table in per.items():
+            points = lines.setdefault((search, enc), {})
+            points[float(n)] = 100 * table["fmr=0.01"]["sar"]
+            if base in sar:  # the same model without queries
+                points.setdefault(1.0, 100 * sar[base][enc]["fmr=0.01"]["sar"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (search, enc), points in sorted(lines.items()):
+        if points:
+            xs, ys = zip(*sorted(points.items()))
+            ax.plot(xs, ys, marker="o", linestyle="-" if enc == "conditioning" else "--", label=f"{search}, {enc}")
+    for name in sar:  # the non-generative rows as horizontal references
+        if name.startswith(("nearest", "random")):
+            for enc, table in sar[name].items():
+                ax.axhline(100 * table["fmr=0.01"]["sar"], color="grey", linestyle=":" if enc == "conditioning" else "-.",
+                           linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("black-box queries per identity (1 = no queries)")
+    ax.set_ylabel("type-I SAR at FMR 1% (%)")
+    ax.set_title("SAR against queries (grey: retrieval / random baselines)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
