@@ -93,3 +93,36 @@ def test_lanczos_fallback_is_labelled(trained_tiny, tmp_path):
     with pytest.raises(ValueError, match="not a super-resolution model"):
         DiffusionUpscaler.from_pretrained(trained_tiny[0])
     torch.set_num_threads(torch.get_num_threads())
+
+
+def test_sampling_with_an_augmentation_level_corrupts_the_input_as_training_did():
+    # A spy network records what the upsampler feeds it. At level a the low-resolution
+    # input must be q_sample(bicubic(low), t = a (T - 1)) with the image's own first
+    # noise draw, and the network must be told the level (x1000, as in training).
+    from id3pm.diffusion import GaussianDiffusion, make_betas
+    from id3pm.images import uint8_to_tensor
+    from id3pm.sampling import make_generators, per_image_noise
+    from id3pm.superres import SR_SEED_OFFSET
+
+    seen = []
+
+    def spy(xt, t, cond_image, level):
+        seen.append((cond_image.clone(), level.clone()))
+        return torch.zeros(xt.shape[0], 6, *xt.shape[2:])
+
+    info = {"image_size": 16, "cond_size": 8, "diffusion": {"schedule": "cosine", "num_timesteps": 1000}}
+    up = DiffusionUpscaler(spy, info)
+    low = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    up(low, seeds=[3, 4], num_inference_steps=2, aug_level=0.3)
+    cond, level = seen[0]
+    torch.testing.assert_close(level, torch.full((2,), 300.0))
+    bicubic = torch.nn.functional.interpolate(uint8_to_tensor(low), size=(16, 16), mode="bicubic",
+                                              align_corners=False).clamp(-1, 1)
+    abar = GaussianDiffusion(make_betas("cosine", 1000)).alphas_cumprod[int(0.3 * 999)]
+    noise = per_image_noise(make_generators([3 + SR_SEED_OFFSET, 4 + SR_SEED_OFFSET]), (3, 16, 16), "cpu")
+    torch.testing.assert_close(cond, float(np.sqrt(abar)) * bicubic + float(np.sqrt(1 - abar)) * noise, atol=1e-5, rtol=0)
+    assert all(torch.equal(c, cond) for c, _ in seen)  # the same corrupted input at every step
+    seen.clear()
+    up(low, seeds=[3, 4], num_inference_steps=2, aug_level=0.0)
+    torch.testing.assert_close(seen[0][0], bicubic)  # level 0: the clean input
+    assert (seen[0][1] == 0).all()

@@ -190,3 +190,23 @@ def test_compiled_training_keeps_plain_keys_in_ema_and_export(prepared, tmp_path
     weights = load_file(run / "checkpoint" / "model.safetensors")
     assert ema.keys() == weights.keys() and not any("_orig_mod" in k for k in ema)
     assert any(not torch.equal(ema[k], weights[k]) for k in ema)  # the EMA really follows the trained weights
+
+
+def test_id_scale_makes_the_average_vector_entry_of_order_one(tmp_path):
+    # dlib vectors have norm ~0.9 in 128-d (entries ~0.08); another encoder's may be 30.
+    # Whatever the norm, y * id_scale must have RMS entry 1 on average over the training set.
+    from id3pm.data import PreparedDataset, TrainingSet
+    from id3pm.training import build_model
+
+    prepared, _, vectors = make_tiny_prepared(tmp_path, n=4, size=8, dim=8)
+    data = PreparedDataset(prepared)
+    for factor in (0.01, 50.0):  # rescale the stored vectors: the scale must follow
+        train_set = TrainingSet(data, 8, "train")
+        train_set.vectors = train_set.vectors * factor
+        model, info = build_model(TrainConfig(data="", out="", size=8, **{k: v for k, v in TINY_TRAIN.items()
+                                                                          if k in ("preset", "model")}), data, train_set)
+        expected = np.sqrt(8) / np.linalg.norm(vectors * factor, axis=1).mean()
+        assert model.config.id_scale == pytest.approx(expected, rel=1e-5)
+        scaled = train_set.vectors.numpy() * model.config.id_scale
+        assert np.sqrt((scaled**2).mean(axis=1)).mean() == pytest.approx(1.0, rel=1e-5)
+        assert info["id_mean_norm"] == pytest.approx(np.linalg.norm(vectors * factor, axis=1).mean(), rel=1e-5)
