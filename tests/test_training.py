@@ -210,3 +210,30 @@ def test_id_scale_makes_the_average_vector_entry_of_order_one(tmp_path):
         scaled = train_set.vectors.numpy() * model.config.id_scale
         assert np.sqrt((scaled**2).mean(axis=1)).mean() == pytest.approx(1.0, rel=1e-5)
         assert info["id_mean_norm"] == pytest.approx(np.linalg.norm(vectors * factor, axis=1).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_the_run_at_a_step_boundary_with_its_checkpoint(prepared, tmp_path, monkeypatch, capsys,
+                                                                            signame):
+    import os
+    import signal
+
+    from id3pm.training import Trainer
+
+    sig = getattr(signal, signame)
+    before = signal.getsignal(sig)
+    step_once = Trainer.train_step
+
+    def step_then_signal(self):
+        losses = step_once(self)
+        if self.state["step"] == 5:  # e.g. `kill PID`, a scheduler's preemption, Ctrl-C
+            os.kill(os.getpid(), sig)
+        return losses
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    result = train(TrainConfig(out=str(tmp_path / "r"), data=str(prepared), max_steps=10_000, save_every=0,
+                               **TINY_TRAIN))
+    assert result["step"] == 5
+    assert json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())["step"] == 5
+    assert f"stopped by {signame} at step 5" in capsys.readouterr().out
+    assert signal.getsignal(sig) == before  # the process's own handler is back

@@ -11,6 +11,8 @@ import copy
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -449,6 +451,23 @@ class Trainer:
         self.window.add(loss)
         return losses
 
+    def _one_step(self, budget: Budget, bar) -> dict:
+        cfg = self.cfg
+        losses = self.train_step()
+        step = self.state["step"]
+        budget.tick()
+        bar.total = budget.expected_steps()  # the budget that will really stop the run
+        bar.update()
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            self.log(losses)
+            if self.is_main:
+                bar.set_postfix(loss=f"{self.state['last_loss']:.4f}", ips=f"{self.window.last_ips:.1f}")
+        if cfg.save_every and step % cfg.save_every == 0:
+            self.save()
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            self.sample()
+        return losses
+
     def run(self) -> dict:
         cfg = self.cfg
         budget = Budget(cfg.max_steps, cfg.max_minutes, self.state)
@@ -456,20 +475,12 @@ class Trainer:
                    disable=not (cfg.progress and self.is_main))
         losses: dict = {}
         self.train_model.train()
-        while not budget.exhausted():
-            losses = self.train_step()
-            step = self.state["step"]
-            budget.tick()
-            bar.total = budget.expected_steps()  # the budget that will really stop the run
-            bar.update()
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                self.log(losses)
-                if self.is_main:
-                    bar.set_postfix(loss=f"{self.state['last_loss']:.4f}", ips=f"{self.window.last_ips:.1f}")
-            if cfg.save_every and step % cfg.save_every == 0:
-                self.save()
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                self.sample()
+        stop = StopSignal()
+        with stop:
+            while not budget.exhausted() and not stop.received:
+                losses = self._one_step(budget, bar)
+        if stop.received:
+            budget.reason = f"stopped by {stop.received} at step {self.state['step']}"
         if budget.reason:
             self.accelerator.print(budget.reason)
         self.log(losses)
@@ -480,6 +491,31 @@ class Trainer:
             self.writer.close()
         return {"step": self.state["step"], "images_seen": self.state["images_seen"], "out": str(self.out),
                 "last_loss": self.state.get("last_loss")}
+
+
+class StopSignal:
+    """SIGTERM or SIGINT (Ctrl-C) ends the run at the next step boundary, with its
+    checkpoint, as a time budget would; a second one stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous: dict = {}
+
+    def handle(self, signum, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 class Budget:
