@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data
+from conftest import missing_asset, shared_data
 from PIL import Image
 from skimage import data as skdata
 
@@ -146,7 +146,7 @@ def test_verification_on_real_orl_pairs_and_random_baseline(encoder):
     try:
         enc = make_encoder(encoder)
     except FileNotFoundError as e:
-        pytest.skip(f"faceres models missing ({e}); run `make models`")
+        missing_asset(f"faceres models missing ({e}); run `make models`")
     paths = sorted({r["path_a"] for r in rows} | {r["path_b"] for r in rows})
     vec = dict(zip(paths, enc.encode([load_image(root / p) for p in paths], keys=paths).vectors))
     d = np.array([identity_distance(vec[r["path_a"]], vec[r["path_b"]], enc.distance) for r in rows])

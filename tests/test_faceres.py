@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data
+from conftest import missing_asset, shared_data
 from scipy.stats import mannwhitneyu
 from skimage import data as skdata
 
@@ -41,7 +41,7 @@ def one_torch_thread():
 def models_dir() -> Path:
     folder = default_models_dir()
     if not all((folder / f).is_file() for f in ("faceres.json", "faceres.bin", "emotion.json", "emotion.bin")):
-        pytest.skip(f"human's TF.js models are not in {folder}: run `make models` (scripts/fetch_human_models.sh)")
+        missing_asset(f"human's TF.js models are not in {folder}: run `make models` (scripts/fetch_human_models.sh)")
     return folder
 
 
@@ -49,9 +49,9 @@ def tfjs(model_json: Path, x: np.ndarray, outputs: list[str], tmp: Path) -> dict
     """Run a graph model with @tensorflow/tfjs in Node (tests/node/tfjs_reference.mjs)."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: the tfjs reference cannot run")
+        missing_asset("node is not installed: the tfjs reference cannot run")
     if not (NODE_DIR / "node_modules" / "@tensorflow" / "tfjs").is_dir():
-        pytest.skip(f"@tensorflow/tfjs is not installed: run `npm install` in {NODE_DIR}")
+        missing_asset(f"@tensorflow/tfjs is not installed: run `npm install` in {NODE_DIR}")
     np.save(tmp / "x.npy", np.ascontiguousarray(x, dtype="<f4"))
     cmd = [node, str(NODE_DIR / "tfjs_reference.mjs"), "--model", str(model_json), "--input", str(tmp / "x.npy"),
            "--outputs", ",".join(outputs), "--out", str(tmp / "y.json")]

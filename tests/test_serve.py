@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from conftest import missing_asset
 from PIL import Image
 from skimage import data as skdata
 
@@ -429,11 +430,11 @@ def test_remote_encoder_against_the_live_server(live, pipe):
 def chromium_or_skip():
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not os.path.exists(path):
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
+        missing_asset("Chromium is not installed (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright Python package is not installed")
+        missing_asset("the playwright Python package is not installed")
     return path, sync_playwright
 
 
@@ -447,7 +448,7 @@ def test_web_page_generates_in_headless_chromium(live, astronaut_png, tmp_path):
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run"])
         except Exception as e:  # e.g. a Chromium too old for this playwright
-            pytest.skip(f"Chromium cannot be driven by playwright here: {str(e).splitlines()[0]}")
+            missing_asset(f"Chromium cannot be driven by playwright here: {str(e).splitlines()[0]}")
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             requests, problems = [], []
@@ -487,7 +488,10 @@ OPERATIONS = [("POST", "/v1/embed"), ("POST", "/v1/generate"), ("POST", "/v1/int
 
 @pytest.fixture(scope="module")
 def fuzz_schema(pipe, directions):
-    schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
+    try:
+        import schemathesis
+    except ImportError:
+        missing_asset("schemathesis is not installed (pip install -e '.[test]')")
     # Small bounds so that any schema-valid request is quick on a CPU.
     limits = Limits(rate=0, max_n=2, max_images=4, max_steps=3, max_frames=3, max_strengths=2, max_embed_images=2)
     app = create_app(pipe, directions, limits=limits)
