@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 TORCH := torch==2.13.0
 
-.PHONY: install demo test bench models fid-model clean
+.PHONY: install demo test bench models fid-model reliability clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ fid-model: $(STAMP)
 test: $(STAMP)
 	-$(MAKE) models
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# Fault injection at full size (docs/reliability.md); `make test` runs a small version.
+reliability: $(STAMP)
+	$(BIN)/python scripts/reliability.py --kills 20
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampling.py --out benchmarks/results

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
+
+# Seconds to wait between writing a temporary file and renaming it into place: 0 except
+# under fault injection, which needs kills to land inside writes (tests/faults.py).
+SLOW_WRITES = float(os.environ.get("ID3PM_FAULT_SLOW_WRITES", "0") or 0)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -18,6 +23,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if SLOW_WRITES:  # fault injection (tests/faults.py): widen the window a kill can land in
+            time.sleep(SLOW_WRITES)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

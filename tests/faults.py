@@ -1,0 +1,198 @@
+"""Fault injection: SIGKILL `id3pm prepare` and `id3pm train` at random moments (some
+of them while a shard or a checkpoint is being written), rerun, and compare with an
+uninterrupted run. Used small by tests/test_reliability.py and large by
+scripts/reliability.py (`make reliability`), which prints the table of
+docs/reliability.md.
+
+Every run is a real `python -m id3pm.cli` process on tiny data the harness makes
+(distinct 8x8 images, a table encoder), so that a kill lands anywhere: in the imports,
+in the work, in a write, in a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class FaultRow:
+    fault: str
+    tried: int
+    survived: int
+    lost: int  # rows or steps missing or different after recovery: must be 0
+    note: str = ""
+
+
+def make_source(root: Path, n: int) -> tuple[Path, Path]:
+    """n distinct 8x8 PNGs and a table of their vectors."""
+    from PIL import Image
+
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    keys = []
+    for i in range(n):
+        img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(img).save(src / f"f{i:04d}.png")
+        keys.append(f"f{i:04d}.png")
+    table = root / "vectors.npz"
+    np.savez(table, keys=np.array(keys), vectors=rng.normal(size=(n, 8)).astype(np.float32))
+    return src, table
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "id3pm.cli", *args]
+
+
+def env(slow_writes: float = 0.0) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+            "ID3PM_FAULT_SLOW_WRITES": str(slow_writes)}
+
+
+def run_to_end(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+
+
+def kill_repeatedly(cmd: list[str], kills: int, rng: random.Random, duration: float, write_marker: Path,
+                    after_each=None) -> list[str]:
+    """SIGKILL runs of cmd until `kills` of them were really killed (a run that finished
+    first is noted, not counted, and makes the next delays shorter). Atomic writes are
+    slowed down (ID3PM_FAULT_SLOW_WRITES) so that kills can land inside them."""
+    where, max_delay = [], duration
+    for _ in range(kills * 4):
+        if sum(w != "after it finished" for w in where) == kills:
+            break
+        where.append(run_and_kill(cmd, rng, max_delay, write_marker))
+        if after_each is not None:
+            after_each()
+        if where[-1] == "after it finished":
+            max_delay /= 2
+    return where
+
+
+def run_and_kill(cmd: list[str], rng: random.Random, max_delay: float, write_marker: Path | None) -> str:
+    """Start cmd and SIGKILL it: after a random delay, or (half the time, when
+    write_marker is given) as soon as a write is in progress. Returns where it was."""
+    proc = subprocess.Popen(cmd, env=env(slow_writes=0.05), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_write = write_marker is not None and rng.random() < 0.5
+    deadline = time.time() + (max_delay * 3 if wait_for_write else rng.uniform(0, max_delay))
+    where = "at a random moment"
+    while time.time() < deadline and proc.poll() is None:
+        if wait_for_write and writing(write_marker):
+            where = "during a write"
+            break
+        time.sleep(0.002)
+    if proc.poll() is not None:
+        return "after it finished"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return where
+
+
+def writing(marker: Path) -> bool:
+    """A checkpoint.tmp folder, or a .tmp file of an atomic write, exists in marker."""
+    if marker.name.endswith(".tmp"):
+        return marker.exists()
+    return marker.is_dir() and any(p.suffix == ".tmp" for p in marker.iterdir())
+
+
+# -- prepare --------------------------------------------------------------------------------
+def prepare_cmd(src: Path, table: Path, out: Path) -> list[str]:
+    return cli("prepare", str(src), str(out), "--encoder", f"table:path={table}", "--aligned", "--size", "8",
+               "--workers", "1", "--chunk", "3", "--holdout", "0.2", "--image-format", "png")
+
+
+def prepared_rows(out: Path) -> dict:
+    """{key: (split, vector bytes, image bytes)} of every shard; raises on a duplicate key
+    or an unreadable shard."""
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for shard in sorted(out.glob("shards/*.parquet")):
+        table = pq.read_table(shard)
+        for key, split, vec, img in zip(table["key"].to_pylist(), table["split"].to_pylist(),
+                                        table["id_vector"].to_pylist(), table["image_8"].to_pylist()):
+            if key in rows:
+                raise AssertionError(f"{shard.name}: duplicate row {key}")
+            rows[key] = (split, np.asarray(vec, np.float32).tobytes(), img)
+    return rows
+
+
+def prepare_kills(root: Path, kills: int, n_images: int = 60, seed: int = 0) -> FaultRow:
+    src, table = make_source(root, n_images)
+    reference = root / "reference"
+    start = time.time()
+    run_to_end(prepare_cmd(src, table, reference))
+    duration = time.time() - start
+    expected = prepared_rows(reference)
+    out = root / "killed"
+    where = kill_repeatedly(prepare_cmd(src, table, out), kills, random.Random(seed), duration, out / "shards",
+                            after_each=lambda: prepared_rows(out))  # every shard readable, no duplicates, every time
+    run_to_end(prepare_cmd(src, table, out))
+    got = prepared_rows(out)
+    lost = len(set(expected) ^ set(got)) + sum(got[k] != expected[k] for k in set(expected) & set(got))
+    done = sum(w != "after it finished" for w in where)
+    return FaultRow("SIGKILL `id3pm prepare`", done, done if lost == 0 else 0, lost, summarise(where))
+
+
+# -- train ----------------------------------------------------------------------------------
+def train_cmd(data: Path, out: Path, steps: int) -> list[str]:
+    model = json.dumps({"block_out_channels": [32, 64], "attention_resolutions": [4]})
+    return cli("train", str(data), str(out), "--size", "8", "--preset", "tiny", "--model", model, "--schedule", "linear",
+               "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "5", "--max-steps", str(steps), "--save-every", "2",
+               "--sample-every", "0", "--log-every", "2", "--progress", "no", "--mixed-precision", "no")
+
+
+def checkpoint_tensors(run: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    ck = run / "checkpoint"
+    out = {}
+    for name in ("model", "ema", "optimizer"):
+        out.update({f"{name}/{k}": v for k, v in load_file(ck / f"{name}.safetensors").items()})
+    return out
+
+
+def train_kills(root: Path, kills: int, steps: int = 40, seed: int = 0) -> FaultRow:
+    src, table = make_source(root, 12)
+    data = root / "data"
+    run_to_end(prepare_cmd(src, table, data))
+    reference = root / "reference"
+    start = time.time()
+    run_to_end(train_cmd(data, reference, steps))
+    duration = time.time() - start
+    out = root / "killed"
+    where = kill_repeatedly(train_cmd(data, out, steps), kills, random.Random(seed), duration, out / "checkpoint.tmp")
+    run_to_end(train_cmd(data, out, steps))
+    a, b = checkpoint_tensors(reference), checkpoint_tensors(out)
+    lost = len(set(a) ^ set(b)) + sum(not np.array_equal(a[k], b[k]) for k in set(a) & set(b))
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    lost += abs(state["step"] - steps)
+    done = sum(w != "after it finished" for w in where)
+    return FaultRow("SIGKILL `id3pm train` (weights bit-identical?)", done, done if lost == 0 else 0, lost,
+                    summarise(where))
+
+
+def summarise(where: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for w in where:
+        counts[w] = counts.get(w, 0) + 1
+    return ", ".join(f"{n} {w}" for w, n in sorted(counts.items()))
+
+
+def table(rows: list[FaultRow]) -> str:
+    lines = ["| fault | tried | survived | data lost | where the kills landed |", "|---|---|---|---|---|"]
+    lines += [f"| {r.fault} | {r.tried} | {r.survived} | {r.lost} | {r.note} |" for r in rows]
+    return "\n".join(lines)
