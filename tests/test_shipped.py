@@ -1,0 +1,29 @@
+"""The reference model the repository ships (weights/): fp16 safetensors in shards of at
+most 16 MiB, 24 MiB in all (it travels with the working tree), and it loads and draws."""
+
+import numpy as np
+from safetensors import safe_open
+
+from id3pm.modeldir import shipped_path
+
+MiB = 2**20
+
+
+def test_the_shipped_model_is_small_fp16_and_draws():
+    from id3pm.pipeline import ID3PMPipeline
+
+    path = shipped_path("base")
+    assert path is not None, "weights/id3pm-utkface-32 is missing"
+    files = sorted(path.rglob("*.safetensors"))
+    assert files and all(f.stat().st_size <= 16 * MiB for f in files)
+    assert sum(f.stat().st_size for f in files) <= 24 * MiB
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            assert {st.get_slice(k).get_dtype() for k in st.keys()} == {"F16"}, f
+    pipe = ID3PMPipeline.from_pretrained(path, device="cpu")
+    assert set(pipe.info["thresholds"]) == {"dlib", "faceres"}  # written by scripts/ship_reference.py
+    assert (pipe.prior is not None) == bool(pipe.info.get("prior"))
+    y = np.random.default_rng(0).normal(size=(1, pipe.id_dim)).astype(np.float32)
+    y *= pipe.info["id_mean_norm"] / np.linalg.norm(y)
+    out = pipe(y, num_images_per_id=1, num_inference_steps=2, seed=0).images
+    assert out.shape == (1, 1, pipe.image_size, pipe.image_size, 3) and out.std() > 5  # a picture, not a flat field
