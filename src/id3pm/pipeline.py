@@ -25,9 +25,7 @@ from id3pm.images import tensor_to_uint8
 from id3pm.modeldir import load_model_dir, shipped_path
 from id3pm.prior import as_input as prior_as_input
 from id3pm.prior import prior_folder, prior_images
-from id3pm.sampling import FirstStepInFP32, get_sampler, guided_denoiser, make_generators, per_image_noise
-
-DEFAULT_SAMPLER = "dpmpp_2m"
+from id3pm.sampling import DEFAULT_SAMPLER, FirstStepInFP32, get_sampler, guided_denoiser, make_generators, per_image_noise
 
 
 def default_device() -> str:

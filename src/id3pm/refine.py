@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from id3pm.encoders import Encoder, check_vectors, identity_distance
-from id3pm.pipeline import DEFAULT_SAMPLER
+from id3pm.sampling import DEFAULT_SAMPLER
 
 SEARCHES = ("best_of_n", "renoise")
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from id3pm.diffusion import GaussianDiffusion
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_SAMPLER = "dpmpp_2m"  # DPM-Solver++(2M): what the pipeline, the CLI and the server use unless told
 
 
 def per_image_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
