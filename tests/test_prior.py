@@ -101,7 +101,7 @@ def test_a_base_model_with_a_prior_trains_ships_and_samples(trained_tiny, tmp_pa
 
 
 def test_prior_images_are_cached_for_exactly_the_same_vectors(tmp_path):
-    from id3pm.training import cached_prior_images
+    from id3pm.prior import cached_prior_images
 
     prior = _randomised(IDConditionedUNet(**{**NET, "out_channels": 3}))
     vectors = torch.randn(5, 4)

@@ -16,6 +16,7 @@ training set) and therefore in sampling too, so that both see the same input.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -35,6 +36,27 @@ def prior_images(prior: IDConditionedUNet, vectors: torch.Tensor, batch_size: in
         image = prior.regress(y)[:, :3].float().clamp(-1, 1)
         out.append(((image + 1) * 127.5).round().to(torch.uint8).cpu())
     return torch.cat(out)
+
+
+def cached_prior_images(prior, vectors: torch.Tensor, path: Path) -> torch.Tensor:
+    """g(y) for these vectors, from `path` when it holds them for exactly these vectors
+    (the run's prior never changes), else computed and written there."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha256(vectors.numpy().tobytes()).hexdigest()
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("vectors_sha256") == digest:
+                return load_file(str(path))["images"]
+    images = prior_images(prior, vectors)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may all get here
+    save_file({"images": images}, str(tmp), metadata={"vectors_sha256": digest})
+    tmp.replace(path)
+    return images
 
 
 def as_input(images: torch.Tensor, device, drop: torch.Tensor | None = None) -> torch.Tensor:

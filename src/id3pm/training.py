@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -30,7 +29,7 @@ from id3pm.train_config import TrainConfig
 from id3pm.modeldir import PRESETS, save_model_dir
 from id3pm.models import IDConditionedUNet
 from id3pm.models.unet import coordinate_canvas
-from id3pm.prior import PRIOR_FOLDER, prior_images, widen_input_channels
+from id3pm.prior import PRIOR_FOLDER, cached_prior_images, widen_input_channels
 from id3pm.prior import as_input as prior_as_input
 
 
@@ -125,27 +124,6 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
         info["prior"] = {"folder": PRIOR_FOLDER, "from": cfg.prior}
     model = IDConditionedUNet(sample_size=cfg.size, **args)
     return model, info
-
-
-def cached_prior_images(prior, vectors: torch.Tensor, path: Path) -> torch.Tensor:
-    """g(y) for these vectors, from `path` when it holds them for exactly these vectors
-    (the run's prior never changes), else computed and written there."""
-    import hashlib
-
-    from safetensors.torch import load_file, save_file
-
-    digest = hashlib.sha256(vectors.numpy().tobytes()).hexdigest()
-    if path.exists():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("vectors_sha256") == digest:
-                return load_file(str(path))["images"]
-    images = prior_images(prior, vectors)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may all get here
-    save_file({"images": images}, str(tmp), metadata={"vectors_sha256": digest})
-    tmp.replace(path)
-    return images
 
 
 def config_differences(a: IDConditionedUNet, b: IDConditionedUNet) -> set[str]:
