@@ -507,6 +507,16 @@ def test_the_schema_documents_every_operation(fuzz_schema):
     assert edit["properties"]["vector"]["minItems"] == edit["properties"]["vector"]["maxItems"] == DIM
 
 
+def violation_lost_in_multipart(case) -> bool:
+    """A multipart form sends one part per array item, so an array with nothing to send
+    (`aligned: []`) goes over the wire as an absent field: a valid request, rightly
+    accepted. Schemathesis still counts it as negative (seen in CI with schemathesis 4.x:
+    ST201 "violates type at /properties/aligned (was boolean, became array)")."""
+    if not (case.media_type or "").startswith("multipart/") or not isinstance(case.body, dict):
+        return False
+    return any(v == [] for v in case.body.values())
+
+
 FUZZ = [(m, p, mode) for m, p in OPERATIONS for mode in ("positive", "negative") if m == "POST" or mode == "positive"]
 
 
@@ -519,7 +529,7 @@ def test_fuzz_the_openapi_schema_finds_no_server_error(fuzz_schema, method, path
     schema-valid requests are rightly refused with 422 (random base64 is not a face)."""
     from hypothesis import HealthCheck, given, settings
     from schemathesis import GenerationMode
-    from schemathesis.checks import positive_data_acceptance
+    from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
     seen: dict[int, int] = {}
     operation = fuzz_schema[path][method]
@@ -527,7 +537,12 @@ def test_fuzz_the_openapi_schema_finds_no_server_error(fuzz_schema, method, path
     @settings(max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(GenerationMode(mode)))
     def check(case):
-        response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
+        excluded = [positive_data_acceptance]
+        if violation_lost_in_multipart(case):
+            excluded.append(negative_data_rejection)
+        # A loaded 2-core machine (CI, or a training run beside the tests) can take more than
+        # schemathesis's default 10 s read timeout for one CPU generation.
+        response = case.call_and_validate(excluded_checks=excluded, timeout=120)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
         assert response.status_code < 500
         if response.status_code >= 400:  # every error is a one-line JSON detail
