@@ -8,7 +8,7 @@ import torch
 from conftest import TINY_TRAIN, distinct_images, make_tiny_prepared, pooled
 
 from id3pm.models import IDConditionedUNet
-from id3pm.prior import widen_input_channels
+from id3pm.prior import PRIOR_START, widen_input_channels
 from id3pm.sampling import guided_denoiser
 from id3pm.training import StepRandom, TrainConfig, step_loss, train
 
@@ -93,7 +93,9 @@ def test_a_base_model_with_a_prior_trains_ships_and_samples(trained_tiny, tmp_pa
     assert (tmp_path / "run" / "model" / "prior" / "id3pm.json").exists()
     pipe = ID3PMPipeline.from_pretrained(tmp_path / "run" / "model", device="cpu")
     assert pipe.prior is not None and pipe.model.config.extra_cond_channels == 3
-    out = pipe(vectors, num_images_per_id=2, seed=0, num_inference_steps=20).images
+    result = pipe(vectors, num_images_per_id=2, seed=0, num_inference_steps=20)
+    out = result.images
+    assert result.params["prior_start"] == PRIOR_START and max(result.params["timesteps"]) <= 999 * PRIOR_START
     targets = pooled(np.stack(distinct_images(4, 8)))
     for i in range(4):
         for j in range(2):
@@ -116,3 +118,21 @@ def test_prior_images_are_cached_for_exactly_the_same_vectors(tmp_path):
     torch.testing.assert_close(cached_prior_images(Refuses(), vectors, path), first)
     other = cached_prior_images(prior, vectors + 1, path)  # new vectors: computed again
     assert not torch.equal(other, first)
+
+
+def test_sampling_from_the_prior_starts_at_its_level_with_its_noise():
+    """x_t = sqrt(abar_t) g(y) + sqrt(1 - abar_t) noise at the grid's highest step at or
+    below the start level; the walk then covers only the steps from there down."""
+    from id3pm.diffusion import GaussianDiffusion, make_betas
+    from id3pm.sampling import sampling_grid, start_of_sampling
+
+    betas = make_betas("cosine", 1000)
+    diffusion = GaussianDiffusion(betas)
+    start, noise = torch.rand(2, 3, 4, 4) * 2 - 1, torch.randn(2, 3, 4, 4)
+    respaced, x = start_of_sampling(diffusion, 25, noise, start, 0.9)
+    grid = sampling_grid(1000, 25, 0.9)
+    assert list(respaced.timestep_map) == grid and max(grid) <= 899 < max(sampling_grid(1000, 25))
+    abar = np.cumprod(1 - np.asarray(betas, dtype=np.float64))[max(grid)]
+    torch.testing.assert_close(x, (np.sqrt(abar) * start + np.sqrt(1 - abar) * noise).float())
+    untouched, x_pure = start_of_sampling(diffusion, 25, noise)  # no start: pure noise, the full grid
+    assert x_pure is noise and list(untouched.timestep_map) == sampling_grid(1000, 25)

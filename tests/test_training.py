@@ -2,6 +2,8 @@
 
 import json
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -50,10 +52,21 @@ def test_a_crash_between_checkpoint_renames_keeps_the_old_one(prepared, tmp_path
 
 
 def test_time_budget_stops_training(prepared, tmp_path):
+    """The budget (0.12 s) runs out during setup: the run still makes one step, exports, stops."""
     result = train(TrainConfig(out=str(tmp_path / "r"), data=str(prepared), max_steps=10_000, max_minutes=0.002,
                                save_every=0, **TINY_TRAIN))
     assert 0 < result["step"] < 10_000
     assert (tmp_path / "r" / "model" / "id3pm.json").exists()
+
+
+def test_the_time_budget_counts_from_the_start_of_the_run_not_the_first_step():
+    state = {"step": 7, "train_seconds": 0.0}
+    late = Budget(100, 1.0, state, started=time.time() - 61)  # setup took the whole minute
+    assert not late.exhausted()  # but no step yet in this process
+    state["step"] = 8
+    assert late.exhausted() and "step 8" in late.reason
+    assert not Budget(100, 1.0, state, started=time.time() - 30).exhausted()
+    assert Budget(8, 0.0, state).exhausted()  # max_steps reached; no time limit
 
 
 def test_batch_order_covers_each_epoch_once_and_splits_across_processes():

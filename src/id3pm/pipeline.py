@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from id3pm.diffusion import GaussianDiffusion, make_betas, respace, space_timesteps
+from id3pm.diffusion import GaussianDiffusion, make_betas
 from id3pm.encoders import EncodeResult, Encoder, check_vectors, identity_distance, make_encoder
 from id3pm.images import tensor_to_uint8
 from id3pm.modeldir import load_model_dir, shipped_path
 from id3pm.prior import as_input as prior_as_input
-from id3pm.prior import prior_folder, prior_images
-from id3pm.sampling import DEFAULT_SAMPLER, FirstStepInFP32, get_sampler, guided_denoiser, make_generators, per_image_noise
+from id3pm.prior import PRIOR_START, prior_folder, prior_images
+from id3pm.sampling import (DEFAULT_SAMPLER, FirstStepInFP32, get_sampler, guided_denoiser, make_generators,
+                             per_image_noise, sampling_grid, start_of_sampling)
 
 
 def default_device() -> str:
@@ -47,11 +48,16 @@ def _shown(out: PipelineOutput) -> np.ndarray:
 
 class ID3PMPipeline:
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu", encoder: Encoder | None = None,
-                 precision: str = "auto", prior: torch.nn.Module | None = None):
-        """prior: the regression decoder g(y) of a model trained with `--prior` (id3pm.prior)."""
+                 precision: str = "auto", prior: torch.nn.Module | None = None, prior_start: float = PRIOR_START):
+        """prior: the regression decoder g(y) of a model trained with `--prior` (id3pm.prior).
+        prior_start: with a prior, sampling starts from g(y) noised to this fraction of the
+        schedule instead of from pure noise at its end (id3pm.prior.PRIOR_START: why)."""
         if info.get("prior") and prior is None:
             raise ValueError("this model was trained with a regression prior: pass prior=")
+        if not 0 < prior_start <= 1:
+            raise ValueError(f"prior_start must be in (0, 1], got {prior_start}")
         self.prior = prior
+        self.prior_start = prior_start
         # channels_last: oneDNN / cuDNN convolutions run faster in NHWC (measured: benchmarks/sampling.py)
         self.model = model.to(memory_format=torch.channels_last)
         self.info = info
@@ -69,7 +75,8 @@ class ID3PMPipeline:
         self.precision = precision
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, precision: str = "auto"):
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, precision: str = "auto",
+                        prior_start: float = PRIOR_START):
         """Load a model folder; path=None takes the shipped reference model. precision:
         "fp32", "bf16" (autocast; about 2.2x faster on a CPU with AVX512-BF16, noise
         predictions within ~0.05 of fp32) or "auto" (bf16 on GPU, fp32 on CPU)."""
@@ -82,7 +89,7 @@ class ID3PMPipeline:
         if info.get("task") not in ("base", "regression"):
             raise ValueError(f"{path}: a {info.get('task')!r} model is not an identity-conditioned generator")
         prior = load_model_dir(prior_folder(path), device=device)[0] if info.get("prior") else None
-        pipe = cls(model, info, device, precision=precision, prior=prior)
+        pipe = cls(model, info, device, precision=precision, prior=prior, prior_start=prior_start)
         pipe.model_path = str(path)
         return pipe
 
@@ -174,13 +181,16 @@ class ID3PMPipeline:
             "num_inference_steps": num_inference_steps,
             "sampler": sampler,
             # the grid every sampler walks (UniPC included): the original timesteps kept by respacing
-            "timesteps": sorted((int(t) for t in space_timesteps(self.diffusion.num_timesteps, num_inference_steps)),
+            "timesteps": sorted((int(t) for t in sampling_grid(self.diffusion.num_timesteps, num_inference_steps,
+                                                                self.prior_start if self.prior is not None else 1.0)),
                                 reverse=True),
             "seed": seed,
             "model": self.model_path,
             "encoder": self.info["encoder"].get("name"),
             "precision": self.precision,
         }
+        if self.prior is not None:  # where sampling started: g(y) noised to this fraction of the schedule
+            params["prior_start"] = self.prior_start
         if attributes is not None:
             params["attributes"] = attributes if isinstance(attributes, dict) else np.asarray(attributes).tolist()
         upscaled = None
@@ -219,14 +229,11 @@ class ID3PMPipeline:
                 start=None, strength=1.0) -> np.ndarray:
         if self.info.get("task") == "regression":  # the one-to-one baseline decoder g(y)
             return tensor_to_uint8(self.model.regress(y)[:, :3])
-        kept = space_timesteps(self.diffusion.num_timesteps, num_inference_steps)
-        if start is not None:  # SDEdit: the grid's steps at or below the start level
-            top = (self.diffusion.num_timesteps - 1) * strength
-            kept = [t for t in kept if t <= top] or kept[:1]
-            t_top = torch.full((len(x),), kept[-1], dtype=torch.long, device=self.device)
-            x = self.diffusion.q_sample(start, t_top, x.float()).contiguous(memory_format=torch.channels_last)
-        diffusion = respace(self.diffusion, kept)
         prior = None if self.prior is None else prior_as_input(prior_images(self.prior, y), self.device)
+        if start is None and prior is not None and self.prior_start < 1:  # id3pm.prior.PRIOR_START
+            start, strength = prior, self.prior_start
+        diffusion, x = start_of_sampling(self.diffusion, num_inference_steps, x, start, strength)
+        x = x.contiguous(memory_format=torch.channels_last)
         denoise = guided_denoiser(self.model, y, guidance_scale, attributes=attributes, attr_mask=attr_mask,
                                   prior_image=prior)
         denoise = FirstStepInFP32(denoise)

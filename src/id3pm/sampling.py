@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from id3pm.diffusion import GaussianDiffusion
+from id3pm.diffusion import GaussianDiffusion, respace, space_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_SAMPLER = "dpmpp_2m"  # DPM-Solver++(2M): what the pipeline, the CLI and the server use unless told
@@ -76,6 +76,26 @@ def guided_denoiser(
         return torch.cat([eps, cond[:, 3:]], dim=1)
 
     return denoise
+
+
+def sampling_grid(num_timesteps: int, num_steps: int, strength: float = 1.0) -> list[int]:
+    """The original timesteps a sampler visits: num_steps evenly spaced ones (respacing),
+    of which those at or below the fraction `strength` of the schedule (at least one)."""
+    kept = space_timesteps(num_timesteps, num_steps)
+    return [t for t in kept if t <= (num_timesteps - 1) * strength] or kept[:1]
+
+
+def start_of_sampling(diffusion: GaussianDiffusion, num_steps: int, noise: torch.Tensor,
+                      start: torch.Tensor | None = None, strength: float = 1.0):
+    """The respaced process to walk and the x to start from. start=None: pure noise at the
+    end of the schedule. start (B, 3, H, W) in [-1, 1]: those images noised to the fraction
+    `strength` of the schedule, and only the grid's steps at or below that level (SDEdit,
+    Meng et al. 2022; DiffuseVAE's start from g(y))."""
+    if start is None:
+        return respace(diffusion, sampling_grid(diffusion.num_timesteps, num_steps)), noise
+    kept = sampling_grid(diffusion.num_timesteps, num_steps, strength)
+    t_top = torch.full((len(noise),), kept[-1], dtype=torch.long, device=noise.device)
+    return respace(diffusion, kept), diffusion.q_sample(start.float(), t_top, noise.float())
 
 
 class FirstStepInFP32:

@@ -29,7 +29,7 @@ from id3pm.train_config import TrainConfig
 from id3pm.modeldir import PRESETS, save_model_dir
 from id3pm.models import IDConditionedUNet
 from id3pm.models.unet import coordinate_canvas
-from id3pm.prior import PRIOR_FOLDER, cached_prior_images, widen_input_channels
+from id3pm.prior import PRIOR_FOLDER, PRIOR_START, cached_prior_images, widen_input_channels
 from id3pm.prior import as_input as prior_as_input
 
 
@@ -212,14 +212,12 @@ def attribute_dropout_mask(names: list[str], b: int, p: float, rnd: StepRandom, 
 @torch.no_grad()
 def sample_grid(cfg, ema_model, info, diffusion, train_set, holdout_set, step: int, out: Path):
     """Reference images (top row) and EMA samples at guidance 2 for fixed held-out vectors."""
-    from id3pm.diffusion import respace, space_timesteps
-    from id3pm.sampling import guided_denoiser, make_generators, per_image_noise, sample_dpmpp_2m
+    from id3pm.sampling import guided_denoiser, make_generators, per_image_noise, sample_dpmpp_2m, start_of_sampling
 
     source = holdout_set if holdout_set is not None else train_set
     n = min(8, len(source))
     device = next(ema_model.parameters()).device
     batch = batch_from(source, np.arange(n), device)
-    d = respace(diffusion, space_timesteps(diffusion.num_timesteps, 25))
     gens = make_generators(range(n))
     x = per_image_noise(gens, (3, cfg.size, cfg.size), device)
     if cfg.task == "regression":
@@ -227,10 +225,11 @@ def sample_grid(cfg, ema_model, info, diffusion, train_set, holdout_set, step: i
     elif cfg.task == "superres":
         low = upsample(batch["cond_image"], cfg.size)
         denoise = lambda xt, t: ema_model(xt, t, cond_image=low, level=torch.zeros(n, device=device))  # noqa: E731
-        samples = sample_dpmpp_2m(denoise, d, x, gens)
-    else:
+        samples = sample_dpmpp_2m(denoise, *start_of_sampling(diffusion, 25, x), gens)
+    else:  # as the pipeline samples: from g(y) noised to PRIOR_START when there is a prior
         prior = None if "prior_image" not in batch else prior_as_input(batch["prior_image"], device)
         denoise = guided_denoiser(ema_model, batch["id_vector"], 2.0, prior_image=prior)
+        d, x = start_of_sampling(diffusion, 25, x, prior, PRIOR_START if prior is not None else 1.0)
         samples = sample_dpmpp_2m(denoise, d, x, gens)
     real = tensor_to_uint8(batch["image"])
     fake = tensor_to_uint8(samples[:, :3])
@@ -246,6 +245,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         from accelerate import Accelerator
 
+        self.created = time.time()  # --max-minutes counts from here (Budget)
         self.cfg = cfg
         self.precision = cfg.mixed_precision
         if self.precision == "auto":  # bf16 only where it is fast: GPU, or a CPU with native bf16
@@ -448,7 +448,7 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        budget = Budget(cfg.max_steps, cfg.max_minutes, self.state)
+        budget = Budget(cfg.max_steps, cfg.max_minutes, self.state, started=self.created)
         bar = tqdm(total=budget.expected_steps(), initial=self.state["step"], desc="train",
                    disable=not (cfg.progress and self.is_main))
         losses: dict = {}
@@ -497,12 +497,15 @@ class StopSignal:
 
 
 class Budget:
-    """Stops the run at max_steps or after max_minutes of wall time in this process, and
-    estimates the step at which that will happen (for the progress bar)."""
+    """Stops the run at max_steps or when max_minutes of wall time have passed since
+    `started` (the process's start of the run: data loading and the prior's g(y) count,
+    so that `--max-minutes` ends the run when the launcher said), after at least one step
+    in this process; estimates the step at which that will happen (for the progress bar)."""
 
-    def __init__(self, max_steps: int, max_minutes: float, state: dict):
+    def __init__(self, max_steps: int, max_minutes: float, state: dict, started: float | None = None):
         self.max_steps, self.max_minutes, self.state = max_steps, max_minutes, state
         self.start, self.first_step = time.time(), state["step"]
+        self.deadline = (started or self.start) + max_minutes * 60
         self.seconds_before = state["train_seconds"]
         self.reason = ""
 
@@ -515,7 +518,8 @@ class Budget:
     def exhausted(self) -> bool:
         if self.state["step"] >= self.max_steps:
             return True
-        if self.max_minutes and self.elapsed() / 60 >= self.max_minutes:
+        stepped = self.state["step"] > self.first_step
+        if self.max_minutes and stepped and time.time() >= self.deadline:
             self.reason = f"time budget of {self.max_minutes} min reached at step {self.state['step']}"
             return True
         return False
@@ -525,7 +529,7 @@ class Budget:
         if not self.max_minutes or done == 0:
             return self.max_steps
         rate = done / max(self.elapsed(), 1e-9)
-        return min(self.max_steps, self.state["step"] + int(rate * (self.max_minutes * 60 - self.elapsed())))
+        return min(self.max_steps, self.state["step"] + int(rate * max(self.deadline - time.time(), 0)))
 
 
 class LogWindow:
