@@ -95,7 +95,19 @@ def append_log(row: str, columns: list[str]) -> None:
                                 "the run continues from period to period. Identity distance to the original "
                                 "(mean) and type-I SAR at FMR 1% under the conditioning encoder (dlib) and the "
                                 "independent one (faceres).\n\n" + head + "\n|" + "---|" * head.count(" | ") + "---|\n")
-    path.write_text(text.rstrip("\n") + "\n" + row + "\n")
+    path.write_text(insert_row(text, row))
+
+
+def insert_row(text: str, row: str) -> str:
+    """The row goes right under the last row of the log's table, above the notes that
+    follow it."""
+    lines = text.rstrip("\n").split("\n")
+    start = lines.index(LOG_HEADER)
+    table = [i for i in range(start, len(lines)) if lines[i].startswith("|")]
+    end = table[0]
+    while end + 1 < len(lines) and lines[end + 1].startswith("|"):
+        end += 1
+    return "\n".join(lines[: end + 1] + [row] + lines[end + 1 :]) + "\n"
 
 
 def main() -> None:

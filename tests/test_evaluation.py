@@ -183,12 +183,16 @@ def test_evaluate_end_to_end(tmp_path):
     info = {"task": "base", "image_size": 32, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
             "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
     model = save_model_dir(tmp_path / "model", net, info)
+    # an attacker who knows the protection scheme: a model on protected vectors (untrained: plumbing)
+    protected = {"name": "protected", "encoder": {"name": "dlib"}, "transform": "orthonormal", "key": 3}
+    aware = save_model_dir(tmp_path / "aware", net, {**info, "encoder": protected})
     (tmp_path / "pairs.csv").write_text("path_a,path_b,same,fold\n" + "".join(
         f"a{i}.png,a{(i + 1) % 6}.png,{1 if i % 2 else 0},{i % 2}\n" for i in range(6)))
     code = main(["evaluate", "--model", f"untrained={model}", "--data", str(tmp_path / "prep"), "--limit", "3",
                  "--independent", "", "--pairs", str(tmp_path / "pairs.csv"), "--pairs-root", str(src),
                  "--guidance", "1", "3", "--steps", "2", "--diversity-ids", "1", "--diversity-samples", "3",
-                 "--queries", "2", "--report", "attack", "--out", str(tmp_path / "eval"), "--device", "cpu"])
+                 "--queries", "2", "--report", "attack", "--out", str(tmp_path / "eval"), "--device", "cpu",
+                 "--model", f"aware={aware}", "--protect", "biohash:key=5"])
     assert code == 0
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     rows = set(m["identity"])
@@ -216,3 +220,13 @@ def test_evaluate_end_to_end(tmp_path):
     attack = (tmp_path / "eval" / "attack.md").read_text()
     assert "untrained s=1 renoise N=2" in attack and "queries / identity" in attack
     assert (tmp_path / "eval" / "attack.png").exists()
+    # protected templates: the aware model's scheme and --protect, each against both attackers
+    prot = m["protection"]
+    assert {"orthonormal key=3 · aware: aware s=1", "orthonormal key=3 · unaware: untrained s=1",
+            "orthonormal key=3 · aware: nearest neighbour", "orthonormal key=3 · unaware: nearest neighbour",
+            "biohash bits=128 key=5 · aware: nearest neighbour"} <= set(prot)
+    assert not any(name.startswith("biohash") and "aware: aware" in name for name in prot)  # another scheme's model
+    # a rotation keeps distances: retrieval over a rotated pool scores what plain retrieval scored
+    assert prot["orthonormal key=3 · aware: nearest neighbour"]["identity"]["conditioning"]["mean"] == pytest.approx(
+        m["identity"]["nearest neighbour"]["conditioning"]["mean"], abs=1e-4)
+    assert "## Protected templates" in attack and "biohash bits=128 key=5 · unaware: nearest neighbour" in attack

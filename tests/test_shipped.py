@@ -27,3 +27,15 @@ def test_the_shipped_model_is_small_fp16_and_draws():
     y *= pipe.info["id_mean_norm"] / np.linalg.norm(y)
     out = pipe(y, num_images_per_id=1, num_inference_steps=2, seed=0).images
     assert out.shape == (1, 1, pipe.image_size, pipe.image_size, 3) and out.std() > 5  # a picture, not a flat field
+
+
+def test_a_training_log_row_lands_in_the_table_not_under_its_notes():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ship_reference", Path(__file__).parents[1] / "scripts" / "ship_reference.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    text = f"# Results\n\n{ship.LOG_HEADER}\n\nintro\n\n| date | x |\n|---|---|\n| d1 | 1 |\n\nPeriod 1: notes.\n"
+    lines = ship.insert_row(text, "| d2 | 2 |").splitlines()
+    assert lines[-4:] == ["| d1 | 1 |", "| d2 | 2 |", "", "Period 1: notes."]

@@ -166,10 +166,12 @@ def test_budget_predicts_the_step_at_which_the_time_budget_stops_the_run():
     budget = Budget(max_steps=10_000, max_minutes=1.0, state=state)
     assert budget.expected_steps() == 10_000  # no rate measured yet
     budget.start -= 6.0  # 6 s in, 60 steps done: 10 steps/s for the 54 s left
+    budget.deadline -= 6.0
     state["step"] = 160
     assert budget.expected_steps() == pytest.approx(160 + 540, abs=2)
     assert not budget.exhausted()
     budget.start -= 60
+    budget.deadline -= 60
     assert budget.exhausted() and "time budget" in budget.reason
 
 

@@ -19,6 +19,7 @@ def cmd_evaluate(args):
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
         inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
         seed=args.seed, device=args.device, queries=args.queries, searches=args.search, report=args.report,
+        protections=args.protect or [],
     )
     metrics = Evaluation(cfg).run()
     print((Path(args.out) / "report.md").read_text())
@@ -28,7 +29,8 @@ def cmd_evaluate(args):
 
 @flags_of("evaluate")
 def _evaluate_flags(p):
-    p.add_argument("--model", action="append", help="model folder, optionally name=path (repeatable)")
+    p.add_argument("--model", action="append", help="model folder, optionally name=path (repeatable); one trained "
+                                                    "on protected vectors is an aware attacker of its scheme")
     p.add_argument("--data", help="prepared data set whose held-out split gives the originals")
     p.add_argument("--split", default="holdout")
     p.add_argument("--limit", type=int, default=100, help="originals to evaluate")
@@ -54,6 +56,10 @@ def _evaluate_flags(p):
                    help="how the queries are spent")
     p.add_argument("--report", default="", choices=["", "attack"],
                    help="attack: also attack.md and attack.png (SAR against queries, both encoders)")
+    p.add_argument("--protect", action="append",
+                   help="a template protection to attack (repeatable): orthonormal:key=7, biohash:key=7,bits=128, "
+                        "noise:snr_db=10,key=7, pca:path=basis.npz,k=32. A --model trained on protected vectors "
+                        "(prepare --encoder protected:...) adds its own scheme and attacks it as an aware attacker")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="eval")

@@ -18,12 +18,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from id3pm.data import PreparedDataset
-from id3pm.encoders import Encoder, identity_distance, make_encoder, parse_encoder_spec
+from id3pm.encoders import identity_distance, make_encoder, parse_encoder_spec
 from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, RefinedMethod, at_size
 from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
 from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet
 from id3pm.evaluation.report import render_attack_report, render_report
 from id3pm.evaluation.sar import impostor_distances, sar_table
+from id3pm.evaluation.scoring import encode_all, summary
 from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc
 from id3pm.files import atomic_write_bytes, atomic_write_json
 from id3pm.images import ImageError, load_image
@@ -61,25 +62,13 @@ class EvalConfig:
     queries: list[int] = field(default_factory=list)  # rows refined with N black-box queries per identity
     searches: list[str] = field(default_factory=lambda: ["best_of_n", "renoise"])  # how the queries are spent
     report: str = ""  # "attack": also attack.md / attack.png (SAR against queries)
+    protections: list[str] = field(default_factory=list)  # template transforms to attack, e.g. "biohash:key=7"
 
 
-def encode_all(encoder: Encoder, images, aligned: bool, desc: str, keys=None, chunk: int = 64) -> np.ndarray:
-    """Vectors with a progress bar; failed items are NaN rows."""
-    images = list(images)
-    rows = []
-    for s in tqdm(range(0, len(images), chunk), desc=desc, leave=False):
-        part_keys = None if keys is None else keys[s : s + chunk]
-        rows.append(encoder.encode(images[s : s + chunk], aligned=aligned, keys=part_keys).vectors)
-    return np.concatenate(rows) if rows else np.zeros((0, encoder.dim), np.float32)
-
-
-def summary(values: np.ndarray) -> dict:
-    v = np.asarray(values, float)
-    ok = v[np.isfinite(v)]
-    if not ok.size:
-        return {"mean": None, "std": None, "median": None, "n": 0, "failed": int(v.size)}
-    return {"mean": float(ok.mean()), "std": float(ok.std()), "median": float(np.median(ok)), "n": int(ok.size),
-            "failed": int(v.size - ok.size)}
+def parse_protection(text: str) -> dict:
+    """"biohash:key=7,bits=64" -> {"transform": "biohash", "key": 7, "bits": 64}."""
+    spec = parse_encoder_spec(text)
+    return {"transform": spec.pop("name"), **spec}
 
 
 class Evaluation:
@@ -90,11 +79,12 @@ class Evaluation:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics: dict = {"config": cfg.__dict__, "timing": {}}
-        self.pipes = []
+        self.pipes, self.protected_pipes = [], []  # models on plain vectors; on protected ones (aware attackers)
         for spec in cfg.models:
             name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
             pipe = ID3PMPipeline.from_pretrained(path, device=cfg.device)
-            self.pipes.append((name or Path(path).name, pipe))
+            protected = pipe.info["encoder"].get("name") == "protected"
+            (self.protected_pipes if protected else self.pipes).append((name or Path(path).name, pipe))
         self.data = PreparedDataset(cfg.data) if cfg.data else None
         if self.data is not None:
             enc_spec = self.data.manifest["encoder"]
@@ -107,6 +97,10 @@ class Evaluation:
         for name, pipe in self.pipes:
             if pipe.info["encoder"].get("name") != enc_spec.get("name"):
                 raise ValueError(f"model {name} was conditioned on {pipe.info['encoder']}, the data on {enc_spec}")
+        for name, pipe in self.protected_pipes:
+            inner = pipe.info["encoder"].get("encoder", {})
+            if (inner.get("name") if isinstance(inner, dict) else str(inner).partition(":")[0]) != enc_spec.get("name"):
+                raise ValueError(f"model {name} was trained on templates of {inner}, the data's encoder is {enc_spec}")
         self.cond = make_encoder(dict(enc_spec))
         self.size = self.pipes[0][1].image_size if self.pipes else (self.data.manifest["sizes"][0] if self.data else 64)
         self.ind = make_encoder(parse_encoder_spec(cfg.independent)) if cfg.independent else None
@@ -161,6 +155,7 @@ class Evaluation:
         t0 = time.time()
         idx, crops, vectors = self.originals()
         ind_orig = encode_all(self.ind, crops, True, "independent: originals") if self.ind else None
+        self.ind_orig = ind_orig
         results, self.recons = {}, {}
         rows = {"real (original crop)": crops}
         cost = {}
@@ -312,6 +307,33 @@ class Evaluation:
         self.metrics["timing"]["diversity_seconds"] = time.time() - t0
         return out
 
+    def protection_section(self) -> dict:
+        """Each protection scheme (--protect, and those of models trained on protected
+        vectors) attacked by unaware and aware attackers (id3pm.evaluation.protection)."""
+        from id3pm.evaluation.protection import ProtectedSystem, attack_protected, aware_retrieval
+
+        systems = {}
+        for spec in [parse_protection(t) for t in self.cfg.protections] + [p.info["encoder"] for _, p in self.protected_pipes]:
+            system = ProtectedSystem(self.cond, spec)
+            systems.setdefault(system.label, system)
+        _, _, vectors = self.originals()
+        plain = [m for m in self.methods if isinstance(m, (GenerativeMethod, NearestNeighbour))]
+        g = self.cfg.guidance[0]
+        plain = [m for m in plain if not getattr(m, "generative", False) or m.guidance_scale == g]
+        pool = self._train_pool() if any(isinstance(m, NearestNeighbour) for m in plain) else (None, None)
+        rows = {}
+        for system in systems.values():
+            attackers = [("unaware", m) for m in plain]
+            attackers += [("aware", GenerativeMethod(f"{name} s={g:g}", pipe, g, self.cfg.steps, self.cfg.sampler,
+                                                     self.cfg.batch_size))
+                          for name, pipe in self.protected_pipes if system.matches(pipe.info["encoder"])]
+            if pool[0] is not None:
+                attackers.append(("aware", aware_retrieval(system, pool[0], at_size(pool[1], self.size))))
+            found, notes = attack_protected(system, attackers, vectors, self.ind, self.ind_orig, self.cfg.seed)
+            rows.update(found)
+            self.metrics.setdefault("notes", []).extend(notes)
+        return rows
+
     def fid_section(self) -> dict:
         from id3pm.evaluation.features import InceptionFeatures
 
@@ -336,6 +358,8 @@ class Evaluation:
                 self.metrics["diversity"] = self.diversity_section()
             if self.cfg.fid:
                 self.metrics["fid"] = self.fid_section()
+            if self.cfg.protections or self.protected_pipes:
+                self.metrics["protection"] = self.protection_section()
             identity_density_plot(self.identity_raw, self.encoders, self.out / "identity_distance.png")
             reconstruction_sheet(self.recons, self.out / "sheet.png")
         if self.cfg.pairs:

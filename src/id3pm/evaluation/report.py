@@ -101,4 +101,20 @@ def render_attack_report(m: dict) -> str:
         c = cost.get(name, {})
         lines.append(f"{line[:-1]}| {c.get('queries_per_identity', 0):g} | {c.get('seconds_per_identity', 0):.2f} |")
     lines += ["", "![SAR against queries](attack.png)", ""]
+    if m.get("protection"):
+        lines += render_protection_rows(m["protection"], enc_names)
     return "\n".join(lines)
+
+
+def render_protection_rows(rows: dict, enc_names: list[str]) -> list[str]:
+    """The protected-template rows: the conditioning columns are the PROTECTED system's."""
+    head = _sar_rows({name: row["sar_type1"] for name, row in rows.items()}, enc_names)
+    lines = ["## Protected templates", "",
+             "The system stores t(f(x)) (id3pm.encoders.protected). Unaware: the attacker feeds the template to a "
+             "method built on plain vectors. Aware: it knows t and uses a model trained on protected vectors, or "
+             "retrieval over a pool it protected itself. The conditioning columns are judged by the protected "
+             "system at the thresholds of its own impostor pairs; the independent encoder is unprotected.", "",
+             head[0][:-1] + "| seconds / identity |", head[1] + "---|"]
+    for row, line in zip(rows.values(), head[2:]):
+        lines.append(f"{line[:-1]}| {row['seconds_per_identity']:.2f} |")
+    return lines + [""]
