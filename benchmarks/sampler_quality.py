@@ -33,7 +33,7 @@ def main() -> None:
     args = p.parse_args()
     pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device)
     data = PreparedDataset(args.data)
-    vectors = data.vectors(data.split_indices("holdout")[: args.n])
+    vectors = data.vectors(data.sample_indices("holdout", args.n))
     rows = []
 
     def run(sampler, steps):

@@ -30,12 +30,16 @@ from id3pm.prior import prior_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_HEADER = "## Training log of the reference model"
-BASELINE_ROWS = ["nearest neighbour", "random training image"]  # evaluation rows logged next to the model's
+# evaluation rows logged next to the model's
+BASELINE_ROWS = ["regression decoder", "nearest neighbour", "random training image"]
 
 
-def evaluate(run: Path, data: str, out: Path, limit: int, guidance: list[float]) -> dict:
-    cfg = EvalConfig(out=str(out), models=[f"model={run / 'model'}"], data=data, limit=limit, guidance=guidance,
-                     baselines=["nn", "random", "real"], diversity_ids=5, diversity_samples=5)
+def evaluate(model: Path, data: str, out: Path, limit: int, guidance: list[float]) -> dict:
+    baselines = ["nn", "random", "real"]
+    if prior_folder(model).exists():  # the regression decoder g(y) that the model refines, as a row of its own
+        baselines.append(f"regression={prior_folder(model)}")
+    cfg = EvalConfig(out=str(out), models=[f"model={model}"], data=data, limit=limit, guidance=guidance,
+                     baselines=baselines, diversity_ids=5, diversity_samples=5)
     return Evaluation(cfg).run()
 
 
@@ -94,7 +98,8 @@ def append_log(row: str, columns: list[str]) -> None:
         text = text.rstrip() + (f"\n\n{LOG_HEADER}\n\nOne row per working period (scripts/ship_reference.py); "
                                 "the run continues from period to period. Identity distance to the original "
                                 "(mean) and type-I SAR at FMR 1% under the conditioning encoder (dlib) and the "
-                                "independent one (faceres).\n\n" + head + "\n|" + "---|" * head.count(" | ") + "---|\n")
+                                "independent one (faceres), on a fixed random sample of the holdout "
+                                "(`PreparedDataset.sample_indices`).\n\n" + head + "\n|" + "---|" * head.count(" | ") + "---|\n")
     path.write_text(insert_row(text, row))
 
 
@@ -119,11 +124,14 @@ def main() -> None:
     p.add_argument("--eval-out", type=Path, default=Path.home() / ".cache" / "id3pm" / "eval")
     p.add_argument("--weights", type=Path, default=ROOT / "weights" / "id3pm-utkface-32")
     p.add_argument("--no-log", action="store_true", help="measure and ship, but add no training-log row")
+    p.add_argument("--measure", type=Path, help="measure this model folder (e.g. the shipped one) and log its "
+                   "row; ship nothing")
     args = p.parse_args()
 
     out = args.eval_out / datetime.datetime.now().strftime("%Y%m%d-%H%M")
-    metrics = evaluate(args.run, args.data, out, args.limit, args.guidance)
-    info = read_info(args.run / "model")
+    model = args.measure or args.run / "model"
+    metrics = evaluate(model, args.data, out, args.limit, args.guidance)
+    info = read_info(model)
     names = {"conditioning": info["encoder"]["name"], "independent": "faceres"}
     summary = {name: {enc: {"identity_mean": metrics["identity"][name][enc]["mean"],
                             "sar_fmr_0.01": metrics["sar_type1"][name][enc]["fmr=0.01"]["sar"]}
@@ -132,14 +140,15 @@ def main() -> None:
     extra = {"thresholds": thresholds(metrics, names),
              "holdout_evaluation": {"identities": args.limit, "guidance": args.guidance, "cpu": cpu_description(),
                                     "rows": summary}}
-    ship(args.run, args.weights, extra)
+    if not args.measure:
+        ship(args.run, args.weights, extra)
     row = log_row(metrics, info, args.limit)
     if not args.no_log:
         append_log(row, log_columns(metrics))
     print((out / "report.md").read_text())
     print(row)
     print(json.dumps(extra["thresholds"]))
-    print(f"shipped {args.weights}; evaluation in {out}")
+    print(f"{'measured' if args.measure else 'shipped'} {model}; evaluation in {out}")
 
 
 if __name__ == "__main__":

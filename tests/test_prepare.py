@@ -87,3 +87,16 @@ def test_prepare_cli_prints_summary(photo_folder, tmp_path, capsys):
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["encoder"]["name"] == "dlib" and manifest["id_dim"] == 128
     assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
+
+
+def test_evaluation_sample_is_random_nested_and_stable():
+    # The first N keys of a UTKFace split are mostly children (names begin with the age):
+    # evaluations take a seeded random sample instead, nested across sizes.
+    ds = PreparedDataset.__new__(PreparedDataset)
+    ds.split_indices = lambda split: np.arange(1, 4000, 2)  # the split: odd rows of the table
+    small, large = ds.sample_indices("holdout", 100), ds.sample_indices("holdout", 500)
+    assert len(set(small.tolist())) == 100 and np.all(small % 2 == 1)
+    assert np.array_equal(large[:100], small)  # nested
+    assert np.array_equal(ds.sample_indices("holdout", 100), small)  # stable
+    assert small.max() > 2000 and small.min() < 2000  # spread over the split, not its first 100 rows (max 199)
+    assert len(ds.sample_indices("holdout", None)) == 2000

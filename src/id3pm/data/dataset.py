@@ -59,6 +59,16 @@ class PreparedDataset:
             return np.arange(len(self))
         return np.flatnonzero(np.array(self.table["split"].to_pylist()) == split)
 
+    def sample_indices(self, split: str | None, n: int | None, seed: int = 0) -> np.ndarray:
+        """A fixed random sample of n images of a split, for evaluation. Keys are sorted by
+        file name, and UTKFace's names begin with the age, so the first n of a split are
+        mostly children ("1_", "10_" ... "19_", "100_"): look-alikes whose impostor pairs
+        set a far stricter threshold than the whole set's. The sample is the first n of a
+        seeded permutation, so smaller samples are nested in larger ones."""
+        idx = self.split_indices(split)
+        order = np.random.default_rng(seed).permutation(len(idx))
+        return idx[order[:n]]
+
     def vectors(self, indices=None) -> np.ndarray:
         col = self.table["id_vector"].combine_chunks()
         flat = col.values.to_numpy(zero_copy_only=False).reshape(len(self), -1)

@@ -144,7 +144,7 @@ class Evaluation:
 
     # -- sections ----------------------------------------------------------------------
     def originals(self):
-        idx = self.data.split_indices(self.cfg.split)[: self.cfg.limit]
+        idx = self.data.sample_indices(self.cfg.split, self.cfg.limit)  # a random sample, not the first N
         if not len(idx):
             raise ValueError(f"{self.data.path}: no images in split {self.cfg.split!r}")
         sizes = self.data.manifest["sizes"]
