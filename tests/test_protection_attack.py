@@ -85,3 +85,40 @@ def test_an_unaware_attacker_cannot_feed_templates_of_another_length(people):
 def test_protection_labels_name_the_scheme_and_its_options():
     assert protection_label({"name": "protected", "encoder": {"name": "dlib"}, "transform": "noise", "snr_db": 10.0,
                              "key": 7}) == "noise key=7 snr_db=10.0"
+
+
+class SplitOfFaces:
+    """A prepared data set's interface, over in-memory 8 px faces: every row in the holdout."""
+
+    manifest = {"sizes": [8]}
+
+    def __init__(self, faces, encoder):
+        self.faces, self.stored = faces, encoder.encode(faces).vectors
+
+    def split_indices(self, split):
+        return np.arange(len(self.faces))
+
+    sample_indices = __import__("id3pm.data", fromlist=["PreparedDataset"]).PreparedDataset.sample_indices
+
+    def vectors(self, idx):
+        return self.stored[idx]
+
+    def images(self, size, idx):
+        return self.faces[idx]
+
+
+def test_sar_thresholds_come_from_more_images_than_the_evaluated_ones(people):
+    from id3pm.evaluation import EvalConfig, Evaluation
+
+    cond, independent = LinearPixelEncoder(32, seed=1), LinearPixelEncoder(24, seed=2)
+    ev = Evaluation.__new__(Evaluation)  # only the parts threshold_population reads
+    ev.cfg, ev.size, ev.ind = EvalConfig(out="unused", limit=5, threshold_ids=30), 8, independent
+    ev.data = SplitOfFaces(people[1], cond)
+    idx = ev.data.sample_indices("holdout", 5)
+    own = independent.encode(people[1][idx]).vectors
+    cond_all, ind_all = ev.threshold_population(idx, ev.data.vectors(idx), own)
+    population = ev.data.sample_indices("holdout", 30)
+    assert cond_all.shape == (30, 32) and ind_all.shape == (30, 24)
+    np.testing.assert_allclose(cond_all, ev.data.stored[population])  # stored vectors of the 30 images
+    np.testing.assert_allclose(ind_all, independent.encode(people[1][population]).vectors, rtol=1e-6)
+    assert ev.threshold_population(idx, cond_all[:5], None)[1] is None  # no independent encoder

@@ -13,6 +13,7 @@ def cmd_evaluate(args):
 
     cfg = EvalConfig(
         out=args.out, models=args.model or [], data=args.data, split=args.split, limit=args.limit,
+        threshold_ids=args.threshold_ids,
         train_data=args.train_data, baselines=[b for b in args.baselines.split(",") if b],
         independent=args.independent or None, encoder=args.encoder, pairs=args.pairs, pairs_root=args.pairs_root,
         pairs_limit=args.pairs_limit, guidance=args.guidance, steps=args.steps, sampler=args.sampler,
@@ -33,7 +34,9 @@ def _evaluate_flags(p):
                                                     "on protected vectors is an aware attacker of its scheme")
     p.add_argument("--data", help="prepared data set whose held-out split gives the originals")
     p.add_argument("--split", default="holdout")
-    p.add_argument("--limit", type=int, default=100, help="originals to evaluate")
+    p.add_argument("--limit", type=int, default=100, help="originals to evaluate (a fixed random sample)")
+    p.add_argument("--threshold-ids", type=int, default=2000,
+                   help="images of the split whose impostor pairs set the SAR thresholds")
     p.add_argument("--train-data", help="prepared set for the nearest-neighbour / random baselines")
     p.add_argument("--baselines", default="nn,random,real", help="nn,random,real,regression=MODEL_DIR")
     p.add_argument("--independent", default="faceres", help="independent encoder spec ('' to skip)")
