@@ -208,6 +208,9 @@ def test_evaluate_end_to_end(tmp_path):
     sar = m["sar_type1"]["nearest neighbour"]["conditioning"]["fmr=0.01"]
     # 2 originals evaluated, thresholds from all 3 holdout images' impostor pairs
     assert sar["n"] == 2 and sar["impostor_pairs"] == 3 and 0 <= sar["ci95"][0] <= sar["sar"] <= sar["ci95"][1]
+    saved = np.load(tmp_path / "eval" / "distances.npz")  # per-original distances, to re-threshold later
+    assert len(saved["key"]) == 2 and saved["nearest neighbour | conditioning"].shape == (2,)
+    assert np.isclose(saved["nearest neighbour | conditioning"].mean(), m["identity"]["nearest neighbour"]["conditioning"]["mean"])
     real = m["sar_type1"]["real (original crop)"]["conditioning"]["fmr=0.01"]  # the ceiling row
     assert real["n"] == 2 and real["threshold"] == sar["threshold"]
     assert m["verification"]["rows"]["untrained s=1"]["conditioning"]["sar_type2"]["fmr=0.01"]["n"] == 3

@@ -369,6 +369,16 @@ class Evaluation:
         return out
 
     # -- run ---------------------------------------------------------------------------------
+    def save_distances(self, path: Path) -> None:
+        """Per-original identity distances ("METHOD | ENCODER" arrays, aligned with `key`), so
+        that rates can be recomputed at other thresholds without sampling again."""
+        keys = np.array(self.data.keys)[self.original_index]
+        arrays = {f"{name} | {enc}": np.asarray(d, np.float32) for name, entry in self.identity_raw.items()
+                  for enc, d in entry.items()}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, key=keys, **arrays)
+        tmp.replace(path)
+
     def run(self) -> dict:
         start = time.time()
         if self.data is not None:
@@ -380,6 +390,7 @@ class Evaluation:
                 self.metrics["fid"] = self.fid_section()
             if self.cfg.protections or self.protected_pipes:
                 self.metrics["protection"] = self.protection_section()
+            self.save_distances(self.out / "distances.npz")
             identity_density_plot(self.identity_raw, self.encoders, self.out / "identity_distance.png")
             reconstruction_sheet(self.recons, self.out / "sheet.png")
         if self.cfg.pairs:
