@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from id3pm.files import atomic_write_json, read_json
+from id3pm.modelcheck import check_model_folder, file_hashes
 from id3pm.models import IDConditionedUNet
 
 FORMAT = "id3pm-model/1"
@@ -58,7 +59,8 @@ def save_model_dir(path: str | Path, model: IDConditionedUNet, info: dict, max_s
         # _apply, not .to(): diffusers warns on .to(dtype) of a model it did not load
         model = copy.deepcopy(model)._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
     model.save_pretrained(path / "unet", safe_serialization=True, max_shard_size=max_shard_size)
-    atomic_write_json(path / "id3pm.json", {"format": FORMAT, **info})
+    # the weights' hashes, so that a flipped bit in tensor data is refused at load (id3pm.modelcheck)
+    atomic_write_json(path / "id3pm.json", {"format": FORMAT, **info, "sha256": file_hashes(path)})
     return path
 
 
@@ -73,8 +75,10 @@ def read_info(path: str | Path) -> dict:
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(network in eval mode, info dict)."""
+    """(network in eval mode, info dict). The folder is checked first (id3pm.modelcheck):
+    model folders come from anyone."""
     path = Path(path)
     info = read_info(path)
+    check_model_folder(path, info)
     model = IDConditionedUNet.from_pretrained(path / "unet", use_safetensors=True, local_files_only=True, torch_dtype=dtype)
     return model.to(device).eval(), info
