@@ -196,3 +196,61 @@ def table(rows: list[FaultRow]) -> str:
     lines = ["| fault | tried | survived | data lost | where the kills landed |", "|---|---|---|---|---|"]
     lines += [f"| {r.fault} | {r.tried} | {r.survived} | {r.lost} | {r.note} |" for r in rows]
     return "\n".join(lines)
+
+
+# -- model folders ----------------------------------------------------------------------------
+CORRUPTIONS = ("bit flip", "truncation", "appended bytes", "random bytes")
+
+
+def tiny_model_folder(out: Path) -> Path:
+    """A small model folder in 2+ shards, with the weight hashes save_model_dir records."""
+    import torch
+
+    from id3pm.modeldir import save_model_dir
+    from id3pm.models import IDConditionedUNet
+
+    torch.manual_seed(0)
+    net = IDConditionedUNet(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=16,
+                            norm_num_groups=4, attention_resolutions=(8,), id_dim=8, dropout=0.0)
+    info = {"task": "base", "image_size": 16, "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 8}
+    return save_model_dir(out, net, info, max_shard_size="40KB")
+
+
+def corrupt(data: bytes, kind: str, rng: random.Random) -> bytes:
+    if kind == "bit flip":
+        at = rng.randrange(len(data))
+        return data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1 :]
+    if kind == "truncation":
+        return data[: rng.randrange(len(data))]
+    if kind == "appended bytes":
+        return data + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    return bytes(rng.randrange(256) for _ in range(rng.randint(0, 4096)))
+
+
+def model_folder_corruptions(root: Path, cases: int, seed: int = 0) -> FaultRow:
+    """Corrupt one weight file of a model folder at random (a bit anywhere, header or data;
+    a truncation; bytes appended; random bytes) and check the folder: survived = refused
+    with a one-line error naming the file; lost = corrupt weights accepted."""
+    from id3pm.modelcheck import ModelFolderError, check_model_folder
+    from id3pm.modeldir import read_info
+
+    folder = tiny_model_folder(root / "model")
+    info = read_info(folder)
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    rng = random.Random(seed)
+    survived, lost, kinds = 0, 0, []
+    for _ in range(cases):
+        target, kind = rng.choice(files), rng.choice(CORRUPTIONS)
+        original = target.read_bytes()
+        target.write_bytes(corrupt(original, kind, rng))
+        try:
+            check_model_folder(folder, info)
+            lost += 1
+        except ModelFolderError as e:
+            survived += int(target.name in str(e) and "\n" not in str(e))
+        finally:
+            target.write_bytes(original)
+        kinds.append(kind)
+    check_model_folder(folder, info)  # restored: loads again
+    return FaultRow("corrupt weight file of a model folder (refused in one line?)", cases, survived, lost,
+                    summarise(kinds))

@@ -123,3 +123,10 @@ def test_symlinks_and_shard_names_that_leave_the_folder_are_refused(folder, tmp_
     table["weight_map"][first] = "../../outside/x.safetensors"
     index.write_text(json.dumps(table))
     refused(folder, "index", "not a file of")
+
+
+def test_random_corruptions_of_weight_files_are_all_refused(tmp_path):
+    from faults import model_folder_corruptions
+
+    row = model_folder_corruptions(tmp_path, cases=40)
+    assert row.lost == 0 and row.survived == row.tried == 40, row
