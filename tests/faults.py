@@ -238,7 +238,7 @@ def model_folder_corruptions(root: Path, cases: int, seed: int = 0) -> FaultRow:
     info = read_info(folder)
     files = sorted((folder / "unet").glob("*.safetensors"))
     rng = random.Random(seed)
-    survived, lost, kinds = 0, 0, []
+    survived, lost, kinds, unclear = 0, 0, [], []
     for _ in range(cases):
         target, kind = rng.choice(files), rng.choice(CORRUPTIONS)
         original = target.read_bytes()
@@ -247,10 +247,12 @@ def model_folder_corruptions(root: Path, cases: int, seed: int = 0) -> FaultRow:
             check_model_folder(folder, info)
             lost += 1
         except ModelFolderError as e:
-            survived += int(target.name in str(e) and "\n" not in str(e))
+            clear = target.name in str(e) and "\n" not in str(e)
+            survived += int(clear)
+            unclear += [] if clear else [f"{kind}: {str(e).splitlines()[0][:120]}"]
         finally:
             target.write_bytes(original)
         kinds.append(kind)
     check_model_folder(folder, info)  # restored: loads again
-    return FaultRow("corrupt weight file of a model folder (refused in one line?)", cases, survived, lost,
-                    summarise(kinds))
+    note = summarise(kinds) + (f"; first unclear refusal: {unclear[0]}" if unclear else "")
+    return FaultRow("corrupt weight file of a model folder (refused in one line?)", cases, survived, lost, note)

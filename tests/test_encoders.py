@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -17,7 +18,7 @@ from skimage import data as skdata
 
 from id3pm.alignment import FaceAligner
 from id3pm.encoders import identity_distance, make_encoder, parse_encoder_spec
-from id3pm.encoders.remote import RemoteError
+from id3pm.encoders.remote import RemoteError, ServiceDown
 from id3pm.images import load_image, resize
 
 
@@ -145,22 +146,38 @@ class FakeService(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         action = self.script.pop(0) if self.script else "ok"
-        if action == "503":
-            self.send_response(503)
+        if action in ("503", "500"):
+            self.send_response(int(action))
             self.end_headers()
             return
+        if action == "close":  # no reply at all
+            self.close_connection = True
+            return
+        if action == "hang":
+            time.sleep(1.5)
         vectors = []
         for b64 in body["images"]:
             img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), np.float32)
             vectors.append(img.mean(axis=(0, 1)).tolist())
         if action == "short":
             vectors = [v[:2] for v in vectors]
+        if action in ("nan", "inf"):
+            vectors = [[float(action)] * 3 for _ in vectors]
         reply = json.dumps({"vectors": vectors, "errors": [None] * len(vectors)}).encode()
         if action == "garbage":
             reply = b"<html>oops</html>"
+        if action == "huge":
+            reply = b" " * 100_000 + reply
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply) + (1000 if action == "truncated" else 0)))
         self.end_headers()
+        if action == "trickle":  # every byte within the socket timeout, the whole far beyond it
+            for k in range(0, len(reply), 8):
+                self.wfile.write(reply[k : k + 8])
+                self.wfile.flush()
+                time.sleep(0.1)
+            return
         self.wfile.write(reply)
 
     def log_message(self, *args):
@@ -184,23 +201,43 @@ def test_remote_encoder_round_trip_and_retry(service):
     assert enc.dim == 3
 
 
-def test_remote_encoder_bad_replies_are_clear_errors(service):
-    img = [np.zeros((8, 8, 3), np.uint8)]
-    FakeService.script = ["garbage"]
-    with pytest.raises(RemoteError, match="reply is not JSON"):
-        make_encoder({"name": "remote", "url": service}).encode(img)
-    FakeService.script = ["short"]
-    with pytest.raises(RemoteError, match="length 2, expected 3"):
-        make_encoder({"name": "remote", "url": service, "dim": 3}).encode(img)
-    FakeService.script = ["503"] * 5
-    with pytest.raises(RemoteError, match="no valid reply after 2 attempts"):
-        make_encoder({"name": "remote", "url": service, "retries": 1, "backoff": 0.01}).encode(img)
+def test_remote_encoder_gives_up_on_a_batch_after_its_retries(service):
+    FakeService.script = ["503"] * 2
+    res = make_encoder({"name": "remote", "url": service, "retries": 1, "backoff": 0.01, "dim": 3}).encode(
+        [np.zeros((8, 8, 3), np.uint8)])
+    assert "no valid reply after 2 attempts (HTTP 503" in res.errors[0]
 
 
 def test_remote_encoder_unreachable():
     enc = make_encoder({"name": "remote", "url": "http://127.0.0.1:9/v1/embed", "retries": 0, "timeout": 2})
-    with pytest.raises(RemoteError, match="127.0.0.1:9"):
-        enc.encode([np.zeros((8, 8, 3), np.uint8)])
+    res = enc.encode([np.zeros((8, 8, 3), np.uint8)], keys=["a.png"])  # one batch: its item gets the error
+    assert res.errors[0].startswith("a.png: http://127.0.0.1:9")
+    with pytest.raises(ServiceDown, match="3 batches in a row"):  # a dead service stops the job
+        make_encoder({"name": "remote", "url": "http://127.0.0.1:9/v1/embed", "retries": 0, "timeout": 2,
+                      "batch_size": 1}).encode([np.zeros((8, 8, 3), np.uint8)] * 5)
+
+
+@pytest.mark.parametrize("fault, error", [
+    ("hang", "timed out"), ("trickle", "not complete after"), ("close", "RemoteDisconnected"),
+    ("truncated", "IncompleteRead"), ("huge", "larger than 50000 bytes"), ("short", "length 2, expected 3"),
+    ("nan", "non-finite"), ("inf", "non-finite"), ("garbage", "not JSON"), ("500", "HTTP 500"),
+])
+def test_a_misbehaving_service_fails_its_batch_only(service, fault, error):
+    # batches of one image: the middle one meets the fault, the others are encoded
+    imgs = [np.full((8, 8, 3), c, np.uint8) for c in (10, 20, 30)]
+    FakeService.script = ["ok", fault, "ok"]
+    enc = make_encoder({"name": "remote", "url": service, "dim": 3, "retries": 0, "timeout": 0.5, "batch_size": 1,
+                        "max_reply_bytes": 50_000})
+    res = enc.encode(imgs, keys=["a.png", "b.png", "c.png"])
+    np.testing.assert_allclose(res.vectors[[0, 2]], [[10] * 3, [30] * 3])
+    assert np.isnan(res.vectors[1]).all() and res.errors[0] is None and res.errors[2] is None
+    assert res.errors[1].startswith("b.png: ") and error in res.errors[1] and "\n" not in res.errors[1], res.errors[1]
+
+
+def test_a_service_that_fails_then_answers_is_retried(service):
+    FakeService.script = ["500", "close", "ok"]
+    enc = make_encoder({"name": "remote", "url": service, "retries": 2, "backoff": 0.01, "timeout": 2})
+    np.testing.assert_allclose(enc.encode([np.full((8, 8, 3), 7, np.uint8)]).vectors, [[7] * 3])
 
 
 # -- table ----------------------------------------------------------------------------

@@ -87,11 +87,21 @@ def test_a_pickle_where_weights_belong_is_never_unpickled(folder, tmp_path):
     assert not marker.exists()
 
 
+def test_a_tensor_renamed_by_a_flipped_bit_is_refused_naming_its_shard(folder):
+    shard = shards(folder)[1]
+    data = bytearray(shard.read_bytes())
+    header = data[8 : 8 + int.from_bytes(data[:8], "little")]
+    at = 8 + header.index(b"weight")  # a name inside the JSON header, same length after the flip
+    data[at] ^= 0x01  # "weight" -> "veight": the header stays valid, the name no longer exists
+    shard.write_bytes(bytes(data))
+    refused(folder, shard.name, "veight", "not in the network")
+
+
 @pytest.mark.parametrize("change, words", [
     ({"block_out_channels": [16, 10**9]}, ["block_out_channels", "beyond any sane"]),
     ({"layers_per_block": 10**7}, ["layers_per_block", "beyond any sane"]),
     ({"block_out_channels": [16] * 1000}, ["block_out_channels", "entries"]),
-    ({"block_out_channels": [16, 48]}, ["do not match config.json"]),
+    ({"block_out_channels": [16, 48]}, ["config.json says", ".safetensors"]),
     ({"sample_size": {"nested": 1}}, ["sample_size", "unexpected value"]),
 ])
 def test_a_config_of_absurd_or_wrong_sizes_is_refused_before_building(folder, change, words):

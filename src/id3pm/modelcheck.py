@@ -166,24 +166,37 @@ def check_model_folder(folder: str | Path, info: dict) -> None:
         raise ModelFolderError(f"{config_path}: not JSON ({e.__class__.__name__})") from None
     check_config(config_path, config)
     found: dict[str, tuple[int, ...]] = {}
+    holder: dict[str, Path] = {}  # tensor name -> the file that holds it, for errors that name the file
     for f in weight_files(unet):
-        found.update({name: shape for name, (_, shape) in safetensors_header(f).items()})
+        for name, (_, shape) in safetensors_header(f).items():
+            found[name], holder[name] = shape, f
     total = sum(_numel(s) for s in found.values())
     if total > MAX_PARAMETERS:
-        raise ModelFolderError(f"{unet}: {total:,} parameters (limit {MAX_PARAMETERS:,})")
+        biggest = max(found, key=lambda k: _numel(found[k]))
+        raise ModelFolderError(f"{holder[biggest]}: {total:,} parameters in {unet.name}/ (limit {MAX_PARAMETERS:,})")
     try:
         expected = expected_tensors(config)
     except Exception as e:  # a config the network class rejects
-        raise ModelFolderError(f"{config_path}: does not describe an id3pm network ({e.__class__.__name__}: {e})") from None
+        first_line = (str(e).splitlines() or [""])[0]
+        raise ModelFolderError(f"{config_path}: does not describe an id3pm network ({e.__class__.__name__}: {first_line})") from None
     if found != expected:
-        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-        wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
-        what = missing[:1] and f"missing {missing[0]}" or extra[:1] and f"unexpected {extra[0]}" or \
-            f"{wrong[0]} is {found[wrong[0]]}, the config says {expected[wrong[0]]}"
-        raise ModelFolderError(f"{unet}: the weights do not match config.json ({what})")
+        raise ModelFolderError(mismatch(unet, found, expected, holder))
     for relative, digest in (info.get("sha256") or {}).items():
         if sha256(inside(folder, relative)) != digest:
             raise ModelFolderError(f"{folder / relative}: SHA-256 differs from id3pm.json's (corrupt file)")
+
+
+def mismatch(unet: Path, found: dict, expected: dict, holder: dict) -> str:
+    """One line naming the weight file whose tensors the config does not describe (a bit
+    flipped in a tensor's name or shape), or the folder when a tensor is only missing."""
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+    missing = sorted(set(expected) - set(found))
+    if wrong:
+        return f"{holder[wrong[0]]}: {wrong[0]} is {found[wrong[0]]}, config.json says {expected[wrong[0]]}"
+    if extra:
+        return f"{holder[extra[0]]}: tensor {extra[0]!r} is not in the network config.json describes"
+    return f"{unet}: the weights lack {missing[0]}, which config.json describes"
 
 
 def _numel(shape) -> int:

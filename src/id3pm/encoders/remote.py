@@ -8,6 +8,7 @@ Protocol (what `id3pm serve` speaks at /v1/embed):
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import time
 import urllib.error
@@ -24,6 +25,10 @@ class RemoteError(RuntimeError):
     pass
 
 
+class ServiceDown(RemoteError):
+    """Several batches in a row got no valid reply: stop rather than mark every image failed."""
+
+
 class RemoteEncoder(Encoder):
     name = "remote"
     crop = None  # the service finds and crops faces itself
@@ -38,11 +43,14 @@ class RemoteEncoder(Encoder):
         token: str | None = None,  # Bearer token
         batch_size: int = 16,  # images per request
         distance: str = "euclidean",
+        max_reply_bytes: int = 32 * 2**20,  # a reply's size limit: 16 vectors of 1,024 floats take ~0.3 MB
+        max_failed_batches: int = 3,  # consecutive batches without a valid reply before giving up
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
         self.token, self.batch_size, self.distance = token, batch_size, distance
+        self.max_reply_bytes, self.max_failed_batches = max_reply_bytes, max_failed_batches
         self.dim = int(dim) if dim else 0
 
     def spec(self) -> dict:
@@ -61,21 +69,40 @@ class RemoteEncoder(Encoder):
             try:
                 req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
+                    raw = self._read(resp)
                 try:
                     return json.loads(raw)
                 except ValueError:
                     raise RemoteError(f"{self.url}: reply is not JSON ({raw[:80]!r})") from None
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace')}"
+                last = f"HTTP {e.code}: {e.read(200).decode(errors='replace')}"
+                if e.code in (401, 403, 404, 405):  # wrong token or URL: every batch would fail alike
+                    raise ServiceDown(f"{self.url}: {last}") from None
                 if e.code != 429 and e.code < 500:
                     raise RemoteError(f"{self.url}: {last}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            # a closed connection, a truncated body (IncompleteRead), a hang (socket timeout)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             if attempt < self.retries:
                 time.sleep(delay)
                 delay *= 2
         raise RemoteError(f"{self.url}: no valid reply after {self.retries + 1} attempts ({last})")
+
+    def _read(self, resp) -> bytes:
+        """The body, within max_reply_bytes and within timeout in all: the socket timeout
+        alone bounds each read, so a service that trickles bytes would never time out."""
+        deadline, parts, size = time.monotonic() + self.timeout, [], 0
+        while block := resp.read(1 << 16):
+            size += len(block)
+            if size > self.max_reply_bytes:
+                raise RemoteError(f"{self.url}: reply larger than {self.max_reply_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reply not complete after {self.timeout:g} s")
+            parts.append(block)
+        declared = resp.headers.get("Content-Length")
+        if declared and declared.isdigit() and size < int(declared):  # read(n) ends quietly at a closed socket
+            raise http.client.IncompleteRead(b"", int(declared) - size)
+        return b"".join(parts)
 
     def _check_reply(self, reply, n: int) -> tuple[list, list]:
         if not isinstance(reply, dict) or not isinstance(reply.get("vectors"), list):
@@ -106,13 +133,23 @@ class RemoteEncoder(Encoder):
                 todo.append(i)
             except ImageError as e:
                 errors[i] = str(e)
+        failed = 0
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             payload = {
                 "images": [base64.b64encode(png_bytes(images[i], synthetic=False)).decode() for i in chunk],
                 "aligned": aligned,
             }
-            vectors, errs = self._check_reply(self._post(payload), len(chunk))
+            try:
+                vectors, errs = self._check_reply(self._post(payload), len(chunk))
+                failed = 0
+            except RemoteError as e:  # this batch's items get the error; the next batch is tried
+                failed += 1
+                if failed >= self.max_failed_batches:
+                    raise ServiceDown(f"{e} ({failed} batches in a row; stopping)") from None
+                for i in chunk:
+                    errors[i] = f"{names[i]}: {e}"
+                continue
             for i, v, e in zip(chunk, vectors, errs):
                 if v is None:
                     errors[i] = f"{names[i]}: {e or 'the service returned no vector'}"
