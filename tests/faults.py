@@ -155,10 +155,10 @@ def train_cmd(data: Path, out: Path, steps: int) -> list[str]:
                "--sample-every", "0", "--log-every", "2", "--progress", "no", "--mixed-precision", "no")
 
 
-def checkpoint_tensors(run: Path) -> dict:
+def checkpoint_tensors(run: Path, name: str = "checkpoint") -> dict:
     from safetensors.numpy import load_file
 
-    ck = run / "checkpoint"
+    ck = run / name
     out = {}
     for name in ("model", "ema", "optimizer"):
         out.update({f"{name}/{k}": v for k, v in load_file(ck / f"{name}.safetensors").items()})
@@ -183,6 +183,122 @@ def train_kills(root: Path, kills: int, steps: int = 40, seed: int = 0) -> Fault
     done = sum(w != "after it finished" for w in where)
     return FaultRow("SIGKILL `id3pm train` (weights bit-identical?)", done, done if lost == 0 else 0, lost,
                     summarise(where))
+
+
+# -- disk full ------------------------------------------------------------------------------
+class SmallDisk:
+    """A tmpfs of a given size: a real ENOSPC, not a simulated one. Mounting needs root
+    (CAP_SYS_ADMIN); mount_error() says why it cannot be done here."""
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = path, size
+
+    def __enter__(self) -> "SmallDisk":
+        self.path.mkdir(parents=True, exist_ok=True)
+        _mount("-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path))
+        return self
+
+    def resize(self, size: int) -> None:
+        _mount("-o", f"remount,size={size}", str(self.path))
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def _mount(*args: str) -> None:
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise OSError(f"mount {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def mount_error(root: Path) -> str | None:
+    """None when a tmpfs can be mounted here, else the reason."""
+    try:
+        with SmallDisk(root / "probe", 1 << 20):
+            return None
+    except OSError as e:
+        return f"cannot mount a tmpfs (needs root): {e}"
+
+
+def footprint(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def one_line_disk_full_error(proc: subprocess.CompletedProcess, command: str) -> bool:
+    lines = proc.stderr.strip().splitlines()
+    return (proc.returncode == 2 and "Traceback" not in proc.stderr and bool(lines)
+            and lines[-1].startswith(f"id3pm {command}: error:") and "no space left on device" in lines[-1])
+
+
+def disk_full_runs(root: Path, command: str, cmd_for, expected, state_of, sizes: list[float]) -> FaultRow:
+    """Run cmd_for(out) on tmpfs disks of size fraction * the uninterrupted run's footprint.
+    Survived: it stopped with a one-line error, what it had written before stayed readable
+    (state_of raises otherwise), and a rerun after the disk grew ended equal to `expected`."""
+    tried, survived, lost, notes = 0, 0, 0, []
+    for i, fraction in enumerate(sizes):
+        size = max(4096, int(fraction * expected["bytes"]))
+        with SmallDisk(root / f"disk{i}", size) as disk:
+            out = disk.path / "out"
+            proc = subprocess.run(cmd_for(out), env=env(), capture_output=True, text=True, timeout=600)
+            if proc.returncode == 0:
+                notes.append("had space")
+                continue
+            tried += 1
+            ok = one_line_disk_full_error(proc, command)
+            try:
+                state_of(out)  # what a crash-safe writer left must still read
+            except Exception:
+                ok = False
+            disk.resize(8 * expected["bytes"] + (64 << 20))
+            run_to_end(cmd_for(out))
+            missing = expected["compare"](out)
+            lost += missing
+            survived += int(ok and missing == 0)
+            notes.append("ENOSPC")
+    return FaultRow(f"disk full during `id3pm {command}` (tmpfs)", tried, survived, lost, summarise(notes))
+
+
+def train_disk_full(root: Path, sizes: list[float], steps: int = 12) -> FaultRow:
+    """A tiny training run on disks too small for it: each stops at a checkpoint or log
+    write, keeps its previous checkpoint loadable, and resumes to bit-identical weights."""
+    src, table = make_source(root, 12)
+    data = root / "data"
+    run_to_end(prepare_cmd(src, table, data))
+    reference = root / "reference"
+    run_to_end(train_cmd(data, reference, steps))
+    want = checkpoint_tensors(reference)
+
+    def compare(out: Path) -> int:
+        got = checkpoint_tensors(out)
+        step = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+        return len(set(want) ^ set(got)) + sum(not np.array_equal(want[k], got[k]) for k in set(want) & set(got)) \
+            + abs(step - steps)
+
+    def state_of(out: Path) -> None:
+        from id3pm.checkpoint import find_checkpoint
+
+        ck = find_checkpoint(out / "checkpoint")
+        if ck is not None:
+            checkpoint_tensors(ck.parent if ck.name == "checkpoint" else out, ck.name)
+
+    return disk_full_runs(root, "train", lambda out: train_cmd(data, out, steps),
+                          {"bytes": footprint(reference), "compare": compare}, state_of, sizes)
+
+
+def prepare_disk_full(root: Path, sizes: list[float], n_images: int = 30) -> FaultRow:
+    """`prepare` on disks too small for its shards: each stops at a shard write, every
+    shard written stays readable, and a rerun with space ends with exactly the rows."""
+    src, table = make_source(root, n_images)
+    reference = root / "reference"
+    run_to_end(prepare_cmd(src, table, reference))
+    want = prepared_rows(reference)
+
+    def compare(out: Path) -> int:
+        got = prepared_rows(out)
+        return len(set(want) ^ set(got)) + sum(got[k] != want[k] for k in set(want) & set(got))
+
+    return disk_full_runs(root, "prepare", lambda out: prepare_cmd(src, table, out),
+                          {"bytes": footprint(reference), "compare": compare}, prepared_rows, sizes)
 
 
 def summarise(where: list[str]) -> str:

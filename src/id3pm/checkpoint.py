@@ -6,13 +6,12 @@ everything an exact resume needs."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from id3pm.files import atomic_write_json, read_json
+from id3pm.files import atomic_write_json, complete_folder, read_json
 
 
 def _flat_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -35,24 +34,19 @@ def _restore_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, me
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: str | Path, model: torch.nn.Module, ema: dict, optimizer, state: dict) -> None:
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in ema.items()}, tmp / "ema.safetensors")
-    opt_tensors, opt_meta = _flat_optimizer_state(optimizer)
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    atomic_write_json(tmp / "optimizer.json", opt_meta)
-    atomic_write_json(tmp / "state.json", state)
-    # Swap: the old checkpoint stays until the new one is complete.
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, ema: dict, optimizer, state: dict,
+                    extra_json: dict[str, dict] | None = None) -> None:
+    """Everything a resume needs, written completely before it replaces the previous
+    checkpoint (id3pm.files.complete_folder): a kill or a full disk keeps the old one."""
+    with complete_folder(folder, "a checkpoint") as tmp:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in ema.items()}, tmp / "ema.safetensors")
+        opt_tensors, opt_meta = _flat_optimizer_state(optimizer)
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        atomic_write_json(tmp / "optimizer.json", opt_meta)
+        for name, obj in (extra_json or {}).items():
+            atomic_write_json(tmp / name, obj)
+        atomic_write_json(tmp / "state.json", state)  # last: its presence marks a complete checkpoint
 
 
 def find_checkpoint(folder: str | Path) -> Path | None:
@@ -74,8 +68,15 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, ema: dict, optimizer, 
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from."""
+    """Drop log lines written after the checkpoint we resume from, and a line cut short
+    by a crash or a full disk."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
     path.write_text("".join(line + "\n" for line in keep))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from id3pm.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 from id3pm.data import PreparedDataset, TrainingSet
+from id3pm.files import complete_folder
 from id3pm.hardware import auto_precision, cpu_description
 from id3pm.diffusion import GaussianDiffusion, make_betas
 from id3pm.images import contact_sheet, save_png, tensor_to_uint8
@@ -357,9 +358,9 @@ class Trainer:
         if not self.is_main:
             return
         ckpt = self.out / "checkpoint"
-        save_checkpoint(ckpt, self.model, self.ema, self.optimizer, {**self.state, "config": asdict(self.cfg)})
-        (ckpt / "info.json").write_text(json.dumps(self.info, indent=2))
-        (ckpt / "model_config.json").write_text(json.dumps(dict(self.model.config), indent=2))
+        # info and network config inside the checkpoint, not beside it: a resume reads them
+        save_checkpoint(ckpt, self.model, self.ema, self.optimizer, {**self.state, "config": asdict(self.cfg)},
+                        extra_json={"info.json": self.info, "model_config.json": dict(self.model.config)})
         self.export()
 
     def export(self) -> None:
@@ -383,9 +384,10 @@ class Trainer:
             summary[f"total_{key}"] = summary[key] + before.get(f"total_{key}", before.get(key, 0))
         if self.prior is not None:
             summary["prior_train_seconds"] = self.prior_info.get("training", {}).get("train_seconds", 0.0)
-        save_model_dir(self.out / "model", self.ema_model(), {**self.info, "training": summary})
-        if self.prior is not None:
-            save_model_dir(self.out / "model" / PRIOR_FOLDER, self.prior, self.prior_info)
+        with complete_folder(self.out / "model", "the exported model") as tmp:
+            save_model_dir(tmp, self.ema_model(), {**self.info, "training": summary})
+            if self.prior is not None:
+                save_model_dir(tmp / PRIOR_FOLDER, self.prior, self.prior_info)
 
     def sample(self) -> None:
         if not self.is_main:

@@ -8,6 +8,7 @@ import sys
 
 from id3pm.cli import controls, data, evaluate, generate, serve  # noqa: F401  (they register their commands)
 from id3pm.cli.registry import COMMANDS
+from id3pm.files import DiskFullError, is_disk_full
 
 ORDER = ["prepare", "train", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "serve"]
 
@@ -31,6 +32,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, DiskFullError) as e:
         print(f"id3pm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # any other write that met a full disk (a log line, tensorboard)
+        if not is_disk_full(e):
+            raise
+        print(f"id3pm {args.command}: error: no space left on device ({e}); rerun with space to continue",
+              file=sys.stderr)
         return 2
