@@ -143,6 +143,8 @@ class RemoteEncoder(Encoder):
             try:
                 vectors, errs = self._check_reply(self._post(payload), len(chunk))
                 failed = 0
+            except ServiceDown:  # a wrong token or URL: every batch would fail alike
+                raise
             except RemoteError as e:  # this batch's items get the error; the next batch is tried
                 failed += 1
                 if failed >= self.max_failed_batches:
