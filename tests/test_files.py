@@ -12,6 +12,7 @@ from id3pm.files import DiskFullError, atomic_write_bytes, complete_folder, is_d
 def test_disk_full_is_recognised_from_the_os_and_from_safetensors():
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert is_disk_full(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert is_disk_full(DiskFullError("x.json: no space left on device; the file was not changed"))
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
 
 

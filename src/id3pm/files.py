@@ -26,7 +26,8 @@ class DiskFullError(OSError):
 
 def is_disk_full(e: BaseException) -> bool:
     # safetensors writes from Rust and raises its own error type, naming the OS error
-    return getattr(e, "errno", None) == errno.ENOSPC or "os error 28" in str(e)
+    # (and a DiskFullError from a file written inside a complete_folder block)
+    return isinstance(e, DiskFullError) or getattr(e, "errno", None) == errno.ENOSPC or "os error 28" in str(e)
 
 
 @contextmanager
