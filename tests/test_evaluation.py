@@ -235,3 +235,13 @@ def test_evaluate_end_to_end(tmp_path):
     assert prot["orthonormal key=3 · aware: nearest neighbour"]["identity"]["conditioning"]["mean"] == pytest.approx(
         m["identity"]["nearest neighbour"]["conditioning"]["mean"], abs=1e-4)
     assert "## Protected templates" in attack and "biohash bits=128 key=5 · unaware: nearest neighbour" in attack
+
+
+def test_a_pairs_limit_takes_pairs_from_every_fold_and_one_fold_is_a_clear_error():
+    from id3pm.evaluation.verification import Pair, kfold_accuracy, spread_over_folds
+
+    pairs = [Pair(f"a{f}{i}", f"b{f}{i}", i % 2 == 0, f) for f in range(3) for i in range(4)]  # file order: fold by fold
+    taken = spread_over_folds(pairs, 5)
+    assert [p.fold for p in taken] == [0, 1, 2, 0, 1] and spread_over_folds(pairs, None) == pairs
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        kfold_accuracy([0.1, 0.9], [True, False], [0, 0])

@@ -25,7 +25,7 @@ from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstru
 from id3pm.evaluation.report import render_attack_report, render_report
 from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.scoring import encode_all, summary
-from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc
+from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc, spread_over_folds
 from id3pm.files import atomic_write_bytes, atomic_write_json
 from id3pm.images import ImageError, load_image
 
@@ -47,7 +47,7 @@ class EvalConfig:
     encoder: str = "dlib"  # conditioning encoder when neither --data nor --model says which
     pairs: str | None = None  # verification pairs (LFW pairs.txt or path_a,path_b,same,fold CSV)
     pairs_root: str | None = None  # folder the pair paths are relative to
-    pairs_limit: int | None = None  # only the first N pairs (per fold order)
+    pairs_limit: int | None = None  # at most N pairs, taken in turn from each fold
     guidance: list[float] = field(default_factory=lambda: [2.0])  # one row per scale for each model
     steps: int = 25
     sampler: str = "dpmpp_2m"
@@ -238,7 +238,7 @@ class Evaluation:
 
     def verification_section(self) -> dict:
         t0 = time.time()
-        pairs = read_pairs(self.cfg.pairs)[: self.cfg.pairs_limit]
+        pairs = spread_over_folds(read_pairs(self.cfg.pairs), self.cfg.pairs_limit)
         root = Path(self.cfg.pairs_root or Path(self.cfg.pairs).parent)
         paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
         photos, failed = [], []

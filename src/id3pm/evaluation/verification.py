@@ -52,6 +52,21 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return read_pair_csv(path) if str(path).endswith(".csv") else read_lfw_pairs(path)
 
 
+def spread_over_folds(pairs: list[Pair], limit: int | None) -> list[Pair]:
+    """At most `limit` pairs, taken in turn from each fold (each in file order): k-fold
+    accuracy needs at least two folds, and the first N pairs of a file are often one fold."""
+    if limit is None or limit >= len(pairs):
+        return pairs
+    by_fold: dict[int, list[Pair]] = {}
+    for pair in pairs:
+        by_fold.setdefault(pair.fold, []).append(pair)
+    queues = [iter(fold) for fold in by_fold.values()]
+    taken: list[Pair] = []
+    while len(taken) < limit:
+        taken += [p for p in (next(q, None) for q in queues) if p is not None][: limit - len(taken)]
+    return taken
+
+
 def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:
     """The distance threshold (same if distance <= threshold) with the highest accuracy;
     candidates are midpoints between consecutive sorted distances (and the ends)."""
@@ -67,6 +82,8 @@ def kfold_accuracy(distances, same, folds) -> dict:
     wrong decisions, so failures are not hidden."""
     distances, same, folds = np.asarray(distances, float), np.asarray(same, bool), np.asarray(folds)
     valid = np.isfinite(distances)
+    if len(np.unique(folds[valid])) < 2:
+        raise ValueError(f"k-fold verification needs usable pairs in at least 2 folds; got folds {sorted(set(folds[valid].tolist()))}")
     accs, thresholds = [], []
     for k in np.unique(folds):
         train = (folds != k) & valid
