@@ -36,7 +36,7 @@ fid-model: $(STAMP)
 
 test: $(STAMP)
 	-$(MAKE) models
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile
 
 # Fault injection at full size (docs/reliability.md); `make test` runs a small version.
 reliability: $(STAMP)

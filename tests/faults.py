@@ -318,7 +318,7 @@ def table(rows: list[FaultRow]) -> str:
 CORRUPTIONS = ("bit flip", "truncation", "appended bytes", "random bytes")
 
 
-def tiny_model_folder(out: Path) -> Path:
+def tiny_model_folder(out: Path, id_dim: int = 8) -> Path:
     """A small model folder in 2+ shards, with the weight hashes save_model_dir records."""
     import torch
 
@@ -327,8 +327,9 @@ def tiny_model_folder(out: Path) -> Path:
 
     torch.manual_seed(0)
     net = IDConditionedUNet(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=16,
-                            norm_num_groups=4, attention_resolutions=(8,), id_dim=8, dropout=0.0)
-    info = {"task": "base", "image_size": 16, "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 8}
+                            norm_num_groups=4, attention_resolutions=(8,), id_dim=id_dim, dropout=0.0)
+    info = {"task": "base", "image_size": 16, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
+            "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": id_dim}
     return save_model_dir(out, net, info, max_shard_size="40KB")
 
 
@@ -372,3 +373,111 @@ def model_folder_corruptions(root: Path, cases: int, seed: int = 0) -> FaultRow:
     check_model_folder(folder, info)  # restored: loads again
     note = summarise(kinds) + (f"; first unclear refusal: {unclear[0]}" if unclear else "")
     return FaultRow("corrupt weight file of a model folder (refused in one line?)", cases, survived, lost, note)
+
+
+# -- a killed server worker ----------------------------------------------------------------------
+class WorkerKilled(BaseException):
+    """Raised inside the model worker thread by the harness: the thread dies wherever it is."""
+
+
+def kill_thread(thread) -> None:
+    import ctypes
+
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(WorkerKilled))
+    if done != 1:
+        raise RuntimeError(f"could not kill thread {thread.name} ({done})")
+
+
+class Clients:
+    """Threads that POST /v1/generate in a loop and record (status, seconds, detail) per answer."""
+
+    def __init__(self, url: str, n: int, steps: int):
+        import threading
+
+        self.url, self.steps, self.answers = url, steps, []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(n)]
+
+    def _loop(self, i: int) -> None:
+        import httpx
+
+        with httpx.Client(timeout=60) as c:
+            k = 0
+            while not self.stop.is_set():
+                body = {"vector": [0.01 * ((i + j) % 7) for j in range(128)], "steps": self.steps, "n": 2, "seed": k}
+                t0 = time.perf_counter()
+                try:
+                    r = c.post(f"{self.url}/v1/generate", json=body)
+                    self.answers.append((r.status_code, time.perf_counter() - t0, r.json().get("detail", "")))
+                except Exception as e:  # a hang ends here at the client's timeout
+                    self.answers.append((0, time.perf_counter() - t0, f"{type(e).__name__}: {e}"))
+                k += 1
+
+    def __enter__(self) -> "Clients":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(90)
+
+
+def worker_kills(root: Path, kills: int, clients: int = 4, seed: int = 0) -> FaultRow:
+    """Kill the server's model worker thread at random moments while clients keep requests
+    in flight (a real uvicorn on loopback, a tiny model). Survived: after the kill a new
+    worker answers a fresh request, and every answer of the whole run was 200 or the
+    one-line 503 "worker died ... retry" within 10 s (never a 500, a 504 or a hang).
+    Lost: answers that were none of these."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from id3pm.pipeline import ID3PMPipeline
+    from id3pm.serving import Limits, create_app
+
+    rng = random.Random(seed)
+    pipe = ID3PMPipeline.from_pretrained(tiny_model_folder(root / "model", id_dim=128), device="cpu")
+    app = create_app(pipe, limits=Limits(rate=0, timeout_s=60))
+    batcher = app.state.batcher
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    survived, where = 0, []
+    try:
+        with Clients(url, clients, steps=8) as load:
+            for _ in range(kills):
+                time.sleep(rng.uniform(0.05, 0.5))
+                before = batcher.stats["worker_crashes"]
+                where.append("during a batch" if batcher.busy() else "while idle")
+                kill_thread(batcher._thread)
+                deadline = time.time() + 10
+                while batcher.stats["worker_crashes"] == before and time.time() < deadline:
+                    time.sleep(0.01)
+                try:
+                    probe = httpx.post(f"{url}/v1/generate", json={"vector": [0.0] * 128, "steps": 2}, timeout=60)
+                    answered = probe.status_code == 200
+                except httpx.HTTPError:
+                    answered = False
+                survived += int(batcher.stats["worker_crashes"] == before + 1 and answered)
+            time.sleep(1.0)
+        answers = load.answers
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    crashed = [a for a in answers if a[0] == 503 and "worker died" in a[2] and "\n" not in a[2]]
+    good = [a for a in answers if a[0] == 200]
+    bad = [a for a in answers if a not in crashed and a not in good or a[1] > 10]
+    note = (f"{summarise(where)}; {len(answers)} requests: {len(good)} answered 200, {len(crashed)} in flight got "
+            f"503 'worker died, retry' (slowest {max((a[1] for a in crashed), default=0):.2f} s), {len(bad)} other")
+    if bad:
+        note += f"; first other: {bad[0][0]} {bad[0][2][:100]}"
+    return FaultRow("model worker thread killed mid-batch (`id3pm serve`)", kills, survived, len(bad), note)

@@ -1,7 +1,8 @@
 """Small versions of the fault-injection runs of `make reliability` (tests/faults.py):
 real `id3pm` processes killed with SIGKILL, then rerun to the end."""
 
-from faults import prepare_kills, train_kills
+import pytest
+from faults import mount_error, prepare_disk_full, prepare_kills, train_disk_full, train_kills, worker_kills
 
 
 def test_prepare_killed_three_times_ends_with_exactly_the_rows_of_an_uninterrupted_run(tmp_path):
@@ -12,3 +13,17 @@ def test_prepare_killed_three_times_ends_with_exactly_the_rows_of_an_uninterrupt
 def test_train_killed_three_times_resumes_to_bit_identical_weights(tmp_path):
     row = train_kills(tmp_path, kills=3, steps=12, seed=2)
     assert row.lost == 0 and row.survived == 3, row
+
+
+def test_a_killed_model_worker_fails_its_requests_at_once_and_is_replaced(tmp_path):
+    row = worker_kills(tmp_path, kills=4, clients=3, seed=3)
+    assert row.lost == 0 and row.survived == 4, row
+    assert "503" in row.note, row
+
+
+def test_a_full_disk_stops_prepare_and_train_in_one_line_and_a_rerun_with_space_loses_nothing(tmp_path):
+    reason = mount_error(tmp_path)
+    if reason:  # reported by `make test` (pytest -rs); `make reliability` prints the same reason
+        pytest.skip(reason)
+    rows = [prepare_disk_full(tmp_path / "prepare", [0.3, 0.7], n_images=12), train_disk_full(tmp_path / "train", [0.5])]
+    assert all(r.lost == 0 and r.survived == r.tried >= 1 for r in rows), rows

@@ -16,16 +16,23 @@ Pairs of different requests share a forward pass only when their sampling settin
 (steps, sampler, guidance) agree: those fix the network calls of the whole trajectory.
 Batches go through `ID3PMPipeline.render`, where image i has its own generator seeded
 with seeds[i]: a picture does not depend on what it was batched with.
+
+A job that fails (an Exception) fails only its own group; the worker goes on. Should the
+worker thread itself die (anything else raised in it: a bug, or the fault-injection test
+that kills it, tests/faults.py:worker_kills), the jobs it held fail at once with
+WorkerCrashed and a new worker takes over the queue: a request in flight gets an error
+answer, never a wait until its timeout, and the server keeps serving.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +40,7 @@ import torch
 
 from id3pm.encoders import EncodeResult
 
+log = logging.getLogger("id3pm.serve")
 
 class QueueFull(RuntimeError):
     """The bounded queue is full: the caller should answer 429 at once."""
@@ -40,6 +48,10 @@ class QueueFull(RuntimeError):
 
 class BatcherClosed(RuntimeError):
     pass
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker thread died while it held the job; a new worker has taken over."""
 
 
 @dataclass
@@ -75,7 +87,7 @@ class EncodeJob:
         return 0  # does not count towards the image budget of a render batch
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: kept in a set until answered
 class _Pending:
     job: RenderJob | EncodeJob
     future: Future
@@ -100,15 +112,18 @@ class Batcher:
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=int(max_queue))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started = False  # start() was called and close() was not: a dead worker is replaced
+        self._live: set[_Pending] = set()  # submitted and not answered yet (queued, or taken by the worker)
         # Counters, written by the worker only (reads from other threads are for monitoring).
         self.stats = Counter(requests=0, completed=0, failed=0, cancelled=0, rejected=0, batches=0,
-                             forward_passes=0, images=0, encode_jobs=0)
+                             forward_passes=0, images=0, encode_jobs=0, worker_crashes=0)
         self.batch_sizes: Counter = Counter()  # images per batch -> how many batches
         self.requests_per_batch: Counter = Counter()  # requests merged into a batch -> how many batches
 
     # -- the caller's side ------------------------------------------------------------
     def start(self) -> Batcher:
         """Start the worker (again, after close: an app's lifespan may run more than once)."""
+        self._started = True
         if not self.alive:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="id3pm-batcher", daemon=True)
@@ -127,12 +142,16 @@ class Batcher:
         the queue is full; cancelling the future before the worker takes it skips the job."""
         if self._stop.is_set():
             raise BatcherClosed("the model worker is shutting down")
+        if self._started and not self.alive:  # it died, and its own replacement did not start
+            self.start()
         pending = _Pending(job, Future())
         try:
             self._queue.put_nowait(pending)
         except queue.Full:
             self.stats["rejected"] += 1
             raise QueueFull(f"server busy: {self._queue.maxsize} requests already waiting") from None
+        self._live.add(pending)  # after the put: a crash in between leaves it queued, for the next worker
+        pending.future.add_done_callback(lambda _: self._live.discard(pending))
         self.stats["requests"] += 1
         return pending.future
 
@@ -142,6 +161,7 @@ class Batcher:
                 "requests_per_batch": {str(k): v for k, v in sorted(self.requests_per_batch.items())}}
 
     def close(self, timeout: float = 10.0) -> None:
+        self._started = False
         self._stop.set()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)  # wakes an idle worker at once
@@ -157,7 +177,8 @@ class Batcher:
 
     # -- the worker -------------------------------------------------------------------
     def _gather(self) -> list[_Pending]:
-        """The first waiting job, plus whatever arrives within the window, up to max_batch images."""
+        """The first waiting job, plus whatever arrives within the window, up to max_batch images.
+        Should the worker die, whatever it took from the queue is found by _taken()."""
         try:
             first = self._queue.get(timeout=0.1)
         except queue.Empty:
@@ -191,8 +212,35 @@ class Batcher:
         hook = self.pipe.model.register_forward_hook(count)
         try:
             self._loop()
+        except BaseException as e:  # not a job's failure (those are caught in _finish): the worker itself died
+            self._crashed(e)
         finally:
             hook.remove()
+
+    def _crashed(self, error: BaseException) -> None:
+        """Fail the jobs the dead worker held, and start a new worker for the queue."""
+        log.error("the model worker died (%s: %s); restarting it", type(error).__name__, error)
+        crash = WorkerCrashed(f"the model worker died while running this request ({type(error).__name__}); "
+                              "it was restarted: retry")
+        for p in self._taken():
+            with contextlib.suppress(Exception):  # answered or cancelled meanwhile
+                p.future.set_exception(crash)
+        if self._started and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._run, name="id3pm-batcher", daemon=True)
+            self._thread.start()
+        self.stats["worker_crashes"] += 1  # last: a watcher that sees it finds the new worker in _thread
+
+    def _taken(self) -> list[_Pending]:
+        """Jobs submitted, not answered and no longer queued: the worker held them. (A kill may
+        land inside queue.get after the item left the queue, so a list kept by the worker
+        itself could miss one.)"""
+        with self._queue.mutex:
+            queued = {id(p) for p in self._queue.queue if p is not None}
+        return [p for p in list(self._live) if id(p) not in queued and not p.future.done()]
+
+    def busy(self) -> bool:
+        """Whether the worker holds a job now (for the fault-injection harness)."""
+        return bool(self._taken())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -218,11 +266,13 @@ class Batcher:
             results = work()
         except Exception as e:  # reported to each caller; the worker lives on
             for p in pendings:
-                p.future.set_exception(e)
+                with contextlib.suppress(InvalidStateError):
+                    p.future.set_exception(e)
             self.stats["failed"] += len(pendings)
             return
         for p, r in zip(pendings, results):
-            p.future.set_result(r)
+            with contextlib.suppress(InvalidStateError):  # already failed by a crash handler: keep that answer
+                p.future.set_result(r)
         self.stats["completed"] += len(pendings)
 
     def _encode(self, job: EncodeJob) -> EncodeResult:

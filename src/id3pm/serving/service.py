@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from id3pm.encoders import identity_distance
 from id3pm.images import ImageError, png_bytes
-from id3pm.serving.batching import Batcher, BatcherClosed, EncodeJob, QueueFull, RenderJob, RenderResult
+from id3pm.serving.batching import Batcher, BatcherClosed, EncodeJob, QueueFull, RenderJob, RenderResult, WorkerCrashed
 from id3pm.serving.inputs import decode_image
 from id3pm.serving.limits import Limits
 from id3pm.serving.schemas import one_line
@@ -74,6 +74,8 @@ class Service:
             return await asyncio.wrap_future(future)
         except BatcherClosed as e:
             raise HTTPException(503, str(e)) from None
+        except WorkerCrashed as e:
+            raise HTTPException(503, str(e), headers={"retry-after": "1"}) from None
         except ValueError as e:  # bad input the worker found (e.g. an image it cannot use)
             raise HTTPException(422, one_line(e)) from None
 
