@@ -40,15 +40,42 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
         raise ImageError(f"{name}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: image too large (decompression bomb guard)") from None
+    except MemoryError:
+        raise ImageError(f"{name}: image too large to decode in the memory available") from None
     except Exception as e:  # Pillow raises many types for corrupt data
-        raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
-        im = Image.fromarray(arr)
+        raise ImageError(f"{name}: cannot read image ({type(e).__name__}: {one_line(e)})") from None
+    # Converting can fail too (a mode Pillow decodes but cannot convert, memory): that is a
+    # bad item as well, never an exception that stops a batch or answers HTTP 500.
+    try:
+        return to_rgb(im)
+    except MemoryError:
+        size = f"{im.width}x{im.height}"
+        raise ImageError(f"{name}: image too large ({size}) to convert in the memory available") from None
+    except Exception as e:
+        why = f"{type(e).__name__}: {one_line(e)}"
+        raise ImageError(f"{name}: cannot convert image mode {im.mode} to RGB ({why})") from None
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """A decoded image of any mode as uint8 RGB: 16/32-bit grey scaled by its maximum,
+    alpha and palettes flattened."""
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        # float32, scaled in place: a 49M-pixel 16-bit picture takes ~200 MB here, not the
+        # ~800 MB of float64 and its temporaries
+        arr = np.asarray(im, dtype=np.float32)
+        np.clip(arr, 0, None, out=arr)  # "I" is signed: negative values are black, not wrapped around
+        arr *= 255 / max(float(arr.max(initial=0)), 1.0)  # initial: an empty image has no maximum
+        im = Image.fromarray(arr.astype(np.uint8))
+    if im.mode == "La":  # grey with premultiplied alpha (TIFF ExtraSamples=1): Pillow converts it only to LA
+        im = im.convert("LA")
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if "A" in im.mode or im.mode == "P" else im.convert("RGB")
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's text on one line: a decoder's message may span several."""
+    return " ".join(str(e).split())
 
 
 def check_rgb(img: np.ndarray, name: str = "image") -> np.ndarray:
