@@ -59,3 +59,22 @@ def test_chip_geometry_matches_dlib_get_face_chip():
     wide = warp(img, chip_transform(lm, 200, 0.5), 200).astype(float)
     from_canonical = recrop(warp(img, chip_transform(lm, 256, 0.25), 256), 0.5, 200).astype(float)
     assert np.abs(wide - from_canonical)[40:-40, 40:-40].mean() < 3
+
+
+def test_a_photo_stored_sideways_with_an_exif_orientation_is_loaded_upright():
+    import io
+
+    from PIL import Image
+
+    from id3pm.images import load_image
+
+    upright = np.zeros((40, 20, 3), np.uint8)  # tall, with a red top
+    upright[:10] = (255, 0, 0)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what a camera writes: 20 x 40 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    buf = io.BytesIO()
+    stored.save(buf, format="PNG", exif=exif.tobytes())
+    img = load_image(buf.getvalue(), name="sideways")
+    assert img.shape == (40, 20, 3)
+    assert img[:10].mean(axis=(0, 1))[0] > 200 and img[30:].mean() < 30

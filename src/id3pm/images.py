@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
 
 from id3pm.files import atomic_write_bytes
 
@@ -47,13 +47,31 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     # Converting can fail too (a mode Pillow decodes but cannot convert, memory): that is a
     # bad item as well, never an exception that stops a batch or answers HTTP 500.
     try:
-        return to_rgb(im)
+        return to_rgb(upright(im))
     except MemoryError:
         size = f"{im.width}x{im.height}"
         raise ImageError(f"{name}: image too large ({size}) to convert in the memory available") from None
     except Exception as e:
         why = f"{type(e).__name__}: {one_line(e)}"
         raise ImageError(f"{name}: cannot convert image mode {im.mode} to RGB ({why})") from None
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The picture as it is meant to be seen: cameras store it sideways and say so in the
+    EXIF orientation tag, and a sideways face is not found (or gives another vector).
+    Broken EXIF is ignored: the pixels as stored are still a picture."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:
+        return im
+    if orientation in (None, 1):
+        return im
+    try:
+        return ImageOps.exif_transpose(im)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:
+        return im
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
