@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--corruptions", type=int, default=1000, help="random corruptions of a model folder's weights")
     p.add_argument("--disk-sizes", type=int, default=10, help="tmpfs sizes per command for the disk-full rows")
     p.add_argument("--worker-kills", type=int, default=20, help="kills of the server's model worker thread")
-    p.add_argument("--images", type=int, default=10000, help="fuzzed images through load_image (a tenth over HTTP)")
+    p.add_argument("--images", type=int, default=10000, help="fuzzed images through load_image (1/20 as many over HTTP, 1/50 through prepare)")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
