@@ -518,6 +518,8 @@ def violation_lost_in_multipart(case) -> bool:
 
 
 FUZZ = [(m, p, mode) for m, p in OPERATIONS for mode in ("positive", "negative") if m == "POST" or mode == "positive"]
+# Examples per operation and mode: 20 in the suite; `ID3PM_FUZZ_EXAMPLES=200` for the large run.
+FUZZ_EXAMPLES = int(os.environ.get("ID3PM_FUZZ_EXAMPLES", "20"))
 
 
 @pytest.mark.parametrize("method, path, mode", FUZZ)  # a GET without parameters has no invalid form
@@ -534,7 +536,7 @@ def test_fuzz_the_openapi_schema_finds_no_server_error(fuzz_schema, method, path
     seen: dict[int, int] = {}
     operation = fuzz_schema[path][method]
 
-    @settings(max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(GenerationMode(mode)))
     def check(case):
         excluded = [positive_data_acceptance]

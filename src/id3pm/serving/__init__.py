@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from id3pm.serving.app import create_app
+from id3pm.serving.app import check_origins, create_app
 from id3pm.serving.batching import Batcher, EncodeJob, QueueFull, RenderJob, render
 from id3pm.serving.limits import Limits
 
@@ -33,11 +33,29 @@ def check_bind(host: str, token: str | None) -> None:
                          "could use the model. Pass --token T (or set ID3PM_TOKEN), or bind 127.0.0.1")
 
 
+def uvicorn_options(limits: Limits) -> dict:
+    """How uvicorn runs the app (serve() and the tests' live servers use the same)."""
+    from id3pm.serving.deadlines import DeadlineH11Protocol
+
+    return {
+        # proxy_headers=False: the rate limit keys on the real peer address, never on a
+        # client-supplied X-Forwarded-For.
+        "proxy_headers": False, "server_header": False,
+        # h11 with read deadlines, never httptools: a slow client cannot hold a connection.
+        "http": DeadlineH11Protocol.with_timeouts(header_s=limits.header_timeout_s, linger_s=limits.header_timeout_s),
+        "h11_max_incomplete_event_size": 16 * 1024,  # request line + headers (400 beyond)
+        # Connections beyond this get 503 at once; the deadlines above bound how long one is held.
+        "limit_concurrency": 4 * limits.max_queue + 32,
+    }
+
+
 def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           device: str | None = None, limits: Limits | None = None, log_level: str = "info",
-          upscale: str | None = None) -> None:
-    """Load the model and run the API with uvicorn until interrupted."""
+          upscale: str | None = None, cors_origins: list[str] | None = None) -> None:
+    """Load the model and run the API with uvicorn until interrupted. cors_origins: the web
+    origins whose pages may call the API from a browser (none by default)."""
     check_bind(host, token)  # before the (slow) model load
+    check_origins(cors_origins or [])
     import uvicorn
 
     from id3pm.controls import load_directions
@@ -47,12 +65,11 @@ def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000
 
     pipe = ID3PMPipeline.from_pretrained(model, device=device)
     pipe.upscaler = make_upscaler(upscale, device=device)  # requests ask for it with "upscale": true
-    app = create_app(pipe, load_directions(directions) if directions else None, token=token, limits=limits)
-    # proxy_headers=False: the rate limit keys on the real peer address, never on a
-    # client-supplied X-Forwarded-For.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False,
-                limit_concurrency=4 * (limits or Limits()).max_queue + 32)
+    limits = limits or Limits()
+    app = create_app(pipe, load_directions(directions) if directions else None, token=token, limits=limits,
+                     cors_origins=cors_origins)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options(limits))
 
 
-__all__ = ["Batcher", "EncodeJob", "Limits", "QueueFull", "RenderJob", "check_bind", "create_app", "is_loopback",
-           "render", "serve"]
+__all__ = ["Batcher", "EncodeJob", "Limits", "QueueFull", "RenderJob", "check_bind", "check_origins", "create_app",
+           "is_loopback", "render", "serve", "uvicorn_options"]

@@ -13,8 +13,8 @@ Endpoints (OpenAPI at /openapi.json):
 
 Safety: every request goes through `Guard` (body size; on /v1 also a rate limit per client IP
 and the Bearer token) before FastAPI sees it; request models bound every number; images are
-size-checked before decoding; no endpoint touches a path the client names. All errors
-are {"detail": "<one line>"}.
+size-checked before decoding; no endpoint touches a path the client names; no CORS
+headers unless origins are given (cors_origins). All errors are {"detail": "<one line>"}.
 
 This module holds the routes; the pieces they use live beside it:
   limits.py      Limits, the server's bounds
@@ -29,6 +29,7 @@ This module holds the routes; the pieces they use live beside it:
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -67,9 +69,20 @@ from id3pm.serving.service import Service
 log = logging.getLogger("id3pm.serve")
 API_VERSION = "1"
 
-# What can go wrong on every POST route: bad body, no token, too large, wrong type, invalid,
-# rate limit or full queue, timeout.
-POST_ERRORS = (400, 401, 413, 415, 422, 429, 504)
+# What can go wrong on every POST route: bad body, no token, body too slow, too large, wrong
+# type, invalid, rate limit or full queue, timeout.
+POST_ERRORS = (400, 401, 408, 413, 415, 422, 429, 504)
+# A web origin as browsers send it: scheme://host[:port], nothing after.
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+def check_origins(origins: list[str]) -> None:
+    """Refuse what a browser would never send as an Origin (a path, a trailing slash, a
+    wildcard): such an entry would silently allow nothing."""
+    for origin in origins:
+        if not ORIGIN.match(origin):
+            raise ValueError(f"invalid CORS origin {origin!r}: give scheme://host[:port], "
+                             "e.g. https://example.org or http://localhost:3000")
 
 
 def static_files() -> dict[str, tuple[bytes, str]]:
@@ -96,16 +109,20 @@ def body_doc(model_schema: dict, files: dict[str, str], required: list[str]) -> 
 
 def error_responses(*codes: int) -> dict:
     text = {400: "malformed request", 401: "missing or wrong token", 404: "not available on this server",
+            408: "request head or body too slow",
             413: "body or image too large", 415: "unsupported content type", 422: "invalid input",
             429: "rate limited or queue full", 503: "shutting down", 504: "timed out"}
     return {c: {"model": ErrorOut, "description": text[c]} for c in sorted(codes)}
 
 
 def create_app(pipe, directions: dict | None = None, token: str | None = None, limits: Limits | None = None,
-               batcher: Batcher | None = None) -> FastAPI:
+               batcher: Batcher | None = None, cors_origins: list[str] | None = None) -> FastAPI:
     """The API for a loaded pipeline. batcher: a worker to use (the caller starts and closes
-    it); by default the app makes one, starts it now and closes it at shutdown."""
+    it); by default the app makes one, starts it now and closes it at shutdown.
+    cors_origins: the web origins (scheme://host[:port]) whose pages may call the API from a
+    browser; none by default, so that no other site's page can read its answers."""
     limits = limits or Limits()
+    check_origins(cors_origins or [])
     directions = dict(directions or {})
     for d in directions.values():
         if np.asarray(d.vector).shape != (pipe.id_dim,):
@@ -279,7 +296,11 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
 
     app.openapi = openapi
     app.add_middleware(Guard, token=token, limits=limits)
+    if cors_origins:  # outside the guard: a browser's preflight carries no token
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"], expose_headers=["retry-after"],
+                           allow_credentials=False, max_age=600)
     return app
 
 
-__all__ = ["API_VERSION", "Limits", "create_app"]
+__all__ = ["API_VERSION", "Limits", "check_origins", "create_app"]

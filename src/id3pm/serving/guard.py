@@ -5,11 +5,14 @@
 In this order: the declared body size (every path), then on /v1 the rate limit per client
 IP (first, so that it also slows token guessing) and the Bearer token. The body stream
 itself is counted as the app reads it, so a client without Content-Length cannot exceed
-the limit either. Every response also gets the security headers.
+the limit either, and it must arrive within `body_timeout_s` (408): a client trickling a
+body cannot hold a request open (the connection's own deadlines are in deadlines.py).
+Every response also gets the security headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -60,6 +63,49 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body too large (limit {limit} bytes)")
 
 
+class BodyTimeout(HTTPException):
+    """Raised from inside the app's body reads when the body is late: 408, and the connection closes."""
+
+    def __init__(self, seconds: float):
+        super().__init__(408, f"request body not received within {seconds:g} s", headers={"connection": "close"})
+
+
+class BodyReader:
+    """The request's `receive` as the app gets it: the body is counted against the size
+    limit (413) and due within timeout_s of the request's start (408). Once the body is
+    complete, reads (a wait for the client's disconnect) are passed through untimed."""
+
+    def __init__(self, receive, limit: int, timeout_s: float):
+        self.receive, self.limit, self.timeout_s = receive, limit, timeout_s
+        self.deadline = asyncio.get_running_loop().time() + timeout_s
+        self.seen, self.complete = 0, False
+
+    async def __call__(self):
+        if self.complete:
+            return await self.receive()
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                message = await self.receive()
+        except TimeoutError:
+            raise BodyTimeout(self.timeout_s) from None
+        if message["type"] != "http.request":  # the client is gone
+            self.complete = True
+            return message
+        self.seen += len(message.get("body", b""))
+        if self.seen > self.limit:
+            raise BodyTooLarge(self.limit)
+        self.complete = not message.get("more_body", False)
+        return message
+
+    async def drain(self) -> None:
+        """Read and drop the body, until its end, the size limit or the deadline."""
+        try:
+            while not self.complete:
+                await self()
+        except (BodyTooLarge, BodyTimeout):
+            return
+
+
 class Guard:
     """Pure ASGI middleware (see the module docstring)."""
 
@@ -84,25 +130,15 @@ class Guard:
         if declared is not None and int(declared) > limit:  # refused unread: the connection closes
             return await send_error(send_with_headers, 413,
                                     f"request body too large ({declared} bytes > limit {limit} bytes)")
+        body = BodyReader(receive, limit, self.limits.body_timeout_s)
         if scope["path"].startswith("/v1/"):
             refusal = self._refusal(scope, headers)
             if refusal is not None:
                 # Read (and drop) a body within the size limit first: a client still sending
                 # when the server answers and closes gets a broken pipe instead of the reason.
-                await drain_body(receive, limit)
+                await body.drain()
                 return await send_error(send_with_headers, *refusal)
-        seen = 0
-
-        async def counted_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        await self.app(scope, counted_receive, send_with_headers)
+        await self.app(scope, body, send_with_headers)
 
     def _refusal(self, scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
         """(status, detail, headers) when a /v1 request may not go on: rate limited or unauthorized."""
@@ -117,19 +153,11 @@ class Guard:
 
     def _authorized(self, header: str) -> bool:
         scheme, _, given = header.partition(" ")
-        # compare_digest: the time taken does not tell how much of a guess was right.
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
-
-
-async def drain_body(receive, limit: int) -> None:
-    """Read and drop the request body, up to `limit` bytes."""
-    seen, more = 0, True
-    while more and seen <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        more = message.get("more_body", False)
+        # compare_digest: the time taken does not tell how much of a guess was right. The
+        # header's text was decoded as latin-1, so encoding it so gives back the bytes sent;
+        # a client sends a non-ASCII token as its UTF-8 bytes.
+        given_bytes = given.strip(" \t").encode("latin-1")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, self.token.encode("utf-8"))
 
 
 async def send_error(send, status: int, detail: str, headers: dict | None = None) -> None:

@@ -30,7 +30,7 @@ def form_value(text: str):
         return text.lower() == "true"
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested beyond Python's stack
         return text
 
 
