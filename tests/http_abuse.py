@@ -3,7 +3,7 @@ options serve() gives it (`uvicorn_options`). Used small by tests/test_serve_abu
 large by scripts/reliability.py (`http_abuse(root, scale)`).
 
 Attacks: slow clients (request heads and bodies sent a byte at a time, idle connections,
-bodies trickled after an early answer), oversized and deeply nested JSON, odd JSON (huge
+bodies trickled after an early answer, answers never read), oversized and deeply nested JSON, odd JSON (huge
 numbers, NaN, duplicate keys, bad UTF-8, a BOM), multipart bombs, decompression bombs,
 CR/LF, quotes and unicode in file names, paths in every string field, wrong tokens, and
 cross-origin requests. A probe is raw bytes on a fresh connection, so that what a client
@@ -728,10 +728,49 @@ def slow_clients(live: Live, limits, kind: str, n: int, slack_s: float = 3.0) ->
                               f"{held} of {n} slow clients still held")
     if len(closed) < n:
         tally.problems.append(f"{n - len(closed)} never closed by the server")
-    answers = {c.answer.split(b"\r\n")[0].decode("latin-1") or "closed without an answer" for c in slow.clients}
-    tally.notes.append(f"closed after {min(closed, default=0):.1f}-{max(closed, default=0):.1f} s "
-                       f"(bound {bound:g} s); a normal request among them took {took:.2f} s; "
+    answers = {c.answer.split(b"\r\n")[0].decode("latin-1") or "no answer" for c in slow.clients}
+    when = f"closed after {min(closed):.1f}-{max(closed):.1f} s" if closed else "none closed"
+    tally.notes.append(f"{when} (bound {bound:g} s); a normal request among them took {took:.2f} s; "
                        f"they got: {', '.join(sorted(answers))}")
+    return tally
+
+
+def stalled_reader(live: Live, total_bytes: int) -> socket.socket:
+    """A connection that asks for total_bytes of answers (pipelined GET /openapi.json) and
+    reads none of them, through a small receive window: the server's write buffer fills."""
+    ask = request("GET", "/openapi.json", token=None)
+    one = len(exchange(live.host, live.port, ask).body)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((live.host, live.port))
+    sock.sendall(ask * (total_bytes // one + 1))
+    return sock
+
+
+def slow_readers(live: Live, limits, n: int, slack_s: float = 3.0) -> Tally:
+    """n clients that stop reading their answers: a normal request is served among them, and
+    the server drops every one within its stall deadline (seen from the server's side: its
+    open connections)."""
+    bound = limits.header_timeout_s + slack_s
+    tally = Tally("slow clients: reading nothing of the answers")
+    socks = [stalled_reader(live, 16 << 20) for _ in range(n)]
+    try:
+        t0 = time.monotonic()
+        reply = normal_request(live)
+        took, held = time.monotonic() - t0, live.open_connections()
+        while live.open_connections() and time.monotonic() - t0 < bound:
+            time.sleep(0.05)
+        dropped_after, left = time.monotonic() - t0, live.open_connections()
+    finally:
+        for sock in socks:
+            sock.close()
+    tally.tried, tally.survived = n, n - left
+    if reply.status != 200 or held < n:
+        tally.survived, tally.lost = 0, 1
+        tally.problems.append(f"a normal request among them: HTTP {reply.status} after {took:.1f} s, "
+                              f"{held} of {n} still held")
+    tally.notes.append(f"{n - left} dropped within {dropped_after:.1f} s (bound {bound:g} s); a normal request "
+                       f"among them took {took:.2f} s")
     return tally
 
 
@@ -795,6 +834,7 @@ def http_abuse(root: Path, scale: int = 1, seed: int = 0) -> list[FaultRow]:
         paths.notes.append(f"files opened that a client named: {len(watch.opened)}")
         for kind in SLOW_KINDS:
             rows.append(slow_clients(live, limits, kind, n=8 * scale))
+        rows.append(slow_readers(live, limits, n=4 * scale))
         rows.append(token_timing(live, reps=100 * scale))
         connections = live.open_connections()
         rows[-1].notes.append(f"connections still open at the end: {connections}")

@@ -122,6 +122,14 @@ def test_a_kept_alive_connection_cannot_dribble_its_next_request(live):
     assert LIMITS.header_timeout_s - 0.5 <= took <= LIMITS.header_timeout_s + SLACK_S
 
 
+def test_clients_that_read_nothing_of_their_answers_are_dropped(live):
+    """A "slow read": pipelined requests whose answers are never read fill the server's
+    write buffer; uvicorn would wait on it for ever. The stall deadline drops them."""
+    tally = abuse.slow_readers(live, LIMITS, n=3, slack_s=SLACK_S)
+    assert not tally.problems and tally.survived == 3, tally.row()
+    assert wait_for_connections(live, at_most=0) == 0
+
+
 def test_a_slow_body_is_408_through_the_asgi_app_too(pipe):
     """The body deadline is the guard's, so any ASGI server gets it: a body that stops
     coming is 408 with Connection: close, and the route never runs."""

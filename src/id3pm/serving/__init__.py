@@ -42,7 +42,8 @@ def uvicorn_options(limits: Limits) -> dict:
         # client-supplied X-Forwarded-For.
         "proxy_headers": False, "server_header": False,
         # h11 with read deadlines, never httptools: a slow client cannot hold a connection.
-        "http": DeadlineH11Protocol.with_timeouts(header_s=limits.header_timeout_s, linger_s=limits.header_timeout_s),
+        "http": DeadlineH11Protocol.with_timeouts(header_s=limits.header_timeout_s, linger_s=limits.header_timeout_s,
+                                                  stall_s=limits.header_timeout_s),
         "h11_max_incomplete_event_size": 16 * 1024,  # request line + headers (400 beyond)
         # Connections beyond this get 503 at once; the deadlines above bound how long one is held.
         "limit_concurrency": 4 * limits.max_queue + 32,

@@ -24,7 +24,9 @@ class Limits:
     rate: float = 5.0  # requests per second per client IP on /v1 (0: no rate limit)
     burst: int = 20  # bucket size: requests a client may send at once
     timeout_s: float = 120.0  # per request, queueing included (504)
-    header_timeout_s: float = 10.0  # a request head must arrive within this (408; see deadlines.py)
+    # A request head must arrive within this (408); also the longest a connection lingers after
+    # an early answer, or waits on a client that reads nothing of its answer (see deadlines.py).
+    header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0  # a request body must arrive within this from the head (408)
     max_batch: int = 16  # images per batched forward pass
     window_s: float = 0.015  # how long the worker waits to fill a batch
