@@ -27,6 +27,7 @@ from http_abuse import (
     live_server,
     normal_request,
     request,
+    wait_for_connections,
 )
 
 from id3pm.serving import Limits, check_origins, create_app
@@ -61,13 +62,6 @@ def secret(tmp_path_factory):
 def problems(live, probes) -> list[str]:
     found = [p.problem(exchange(live.host, live.port, p.data)) for p in probes]
     return [f for f in found if f]
-
-
-def wait_for_connections(live, at_most: int, timeout: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout
-    while live.open_connections() > at_most and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return live.open_connections()
 
 
 # -- slow clients -----------------------------------------------------------------------------
