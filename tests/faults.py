@@ -11,13 +11,17 @@ in the work, in a write, in a rename.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,6 +379,48 @@ def model_folder_corruptions(root: Path, cases: int, seed: int = 0) -> FaultRow:
     return FaultRow("corrupt weight file of a model folder (refused in one line?)", cases, survived, lost, note)
 
 
+# -- a live server --------------------------------------------------------------------------------
+@dataclass
+class Live:
+    server: object  # uvicorn.Server
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def open_connections(self) -> int:
+        return len(self.server.server_state.connections)
+
+
+@contextlib.contextmanager
+def live_server(app, limits, log_level: str = "error") -> Iterator[Live]:
+    """uvicorn in a thread, with serve()'s options, on a free loopback port held from the start."""
+    import uvicorn
+
+    from id3pm.serving import uvicorn_options
+
+    # IPPROTO_TCP as getaddrinfo gives it to uvicorn.run: with proto 0, asyncio leaves Nagle's
+    # algorithm on for accepted connections, and every kept-alive answer waits 40 ms for an ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, **uvicorn_options(limits)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield Live(server, "127.0.0.1", sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
 # -- a killed server worker ----------------------------------------------------------------------
 class WorkerKilled(BaseException):
     """Raised inside the model worker thread by the harness: the thread dies wherever it is."""
@@ -430,49 +476,35 @@ def worker_kills(root: Path, kills: int, clients: int = 4, seed: int = 0) -> Fau
     worker answers a fresh request, and every answer of the whole run was 200 or the
     one-line 503 "worker died ... retry" within 10 s (never a 500, a 504 or a hang).
     Lost: answers that were none of these."""
-    import threading
 
     import httpx
-    import uvicorn
-
     from id3pm.pipeline import ID3PMPipeline
     from id3pm.serving import Limits, create_app
 
     rng = random.Random(seed)
     pipe = ID3PMPipeline.from_pretrained(tiny_model_folder(root / "model", id_dim=128), device="cpu")
-    app = create_app(pipe, limits=Limits(rate=0, timeout_s=60))
+    limits = Limits(rate=0, timeout_s=60)
+    app = create_app(pipe, limits=limits)
     batcher = app.state.batcher
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
-    sock = __import__("socket").socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
     survived, where = 0, []
-    try:
-        with Clients(url, clients, steps=8) as load:
-            for _ in range(kills):
-                time.sleep(rng.uniform(0.05, 0.5))
-                before = batcher.stats["worker_crashes"]
-                where.append("during a batch" if batcher.busy() else "while idle")
-                kill_thread(batcher._thread)
-                deadline = time.time() + 10
-                while batcher.stats["worker_crashes"] == before and time.time() < deadline:
-                    time.sleep(0.01)
-                try:
-                    probe = httpx.post(f"{url}/v1/generate", json={"vector": [0.0] * 128, "steps": 2}, timeout=60)
-                    answered = probe.status_code == 200
-                except httpx.HTTPError:
-                    answered = False
-                survived += int(batcher.stats["worker_crashes"] == before + 1 and answered)
-            time.sleep(1.0)
-        answers = load.answers
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with live_server(app, limits, log_level="critical") as live, Clients(live.url, clients, steps=8) as load:
+        url = live.url
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.05, 0.5))
+            before = batcher.stats["worker_crashes"]
+            where.append("during a batch" if batcher.busy() else "while idle")
+            kill_thread(batcher._thread)
+            deadline = time.time() + 10
+            while batcher.stats["worker_crashes"] == before and time.time() < deadline:
+                time.sleep(0.01)
+            try:
+                probe = httpx.post(f"{url}/v1/generate", json={"vector": [0.0] * 128, "steps": 2}, timeout=60)
+                answered = probe.status_code == 200
+            except httpx.HTTPError:
+                answered = False
+            survived += int(batcher.stats["worker_crashes"] == before + 1 and answered)
+        time.sleep(1.0)
+    answers = load.answers
     crashed = [a for a in answers if a[0] == 503 and "worker died" in a[2] and "\n" not in a[2]]
     good = [a for a in answers if a[0] == 200]
     bad = [a for a in answers if a not in crashed and a not in good or a[1] > 10]

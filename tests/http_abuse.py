@@ -18,7 +18,6 @@ hook) while the probes run: a path a client named must never be opened.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import random
@@ -28,13 +27,12 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 import numpy as np
-from faults import FaultRow
+from faults import FaultRow, Live, live_server  # noqa: F401 (live_server: used by test_serve_abuse too)
 
 DIM = 128  # the dlib black box's vector length
 TOKEN = "tok-5b1f0c9e7a"
@@ -68,47 +66,6 @@ def directions() -> dict:
     from id3pm.controls import Direction
 
     return {"age": Direction("age", np.full(DIM, 0.01, np.float32), {"kind": "continuous"})}
-
-
-@dataclass
-class Live:
-    server: object  # uvicorn.Server
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def open_connections(self) -> int:
-        return len(self.server.server_state.connections)
-
-
-@contextlib.contextmanager
-def live_server(app, limits) -> Iterator[Live]:
-    """uvicorn in a thread, with serve()'s options, on a free loopback port held from the start."""
-    import uvicorn
-
-    from id3pm.serving import uvicorn_options
-
-    # IPPROTO_TCP as getaddrinfo gives it to uvicorn.run: with proto 0, asyncio leaves Nagle's
-    # algorithm on for accepted connections, and every kept-alive answer waits 40 ms for an ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", **uvicorn_options(limits)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.02)
-    try:
-        yield Live(server, "127.0.0.1", sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 # -- raw HTTP ------------------------------------------------------------------------------------

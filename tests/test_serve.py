@@ -12,9 +12,7 @@ import io
 import json
 import os
 import shutil
-import socket
 import struct
-import threading
 import time
 import zlib
 
@@ -24,6 +22,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from conftest import missing_asset
+from faults import live_server
 from PIL import Image
 from skimage import data as skdata
 
@@ -388,31 +387,11 @@ def test_concurrent_http_requests_are_merged_into_fewer_batches(pipe):
 
 
 # -- a live server: the remote-encoder protocol and the web page -----------------------------------------
-@contextlib.contextmanager
-def live_server(app):
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # a free loopback port, held from the start (no race)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def live(pipe, directions):
-    with live_server(create_app(pipe, directions, token="tok", limits=Limits(rate=50, burst=50))) as url:
-        yield url
+    limits = Limits(rate=50, burst=50)
+    with live_server(create_app(pipe, directions, token="tok", limits=limits), limits, log_level="warning") as server:
+        yield server.url
 
 
 def test_remote_encoder_against_the_live_server(live, pipe):

@@ -61,14 +61,10 @@ def upright(im: Image.Image) -> Image.Image:
     EXIF orientation tag, and a sideways face is not found (or gives another vector).
     Broken EXIF is ignored: the pixels as stored are still a picture."""
     try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:
-        return im
-    if orientation in (None, 1):
-        return im
-    try:
+        if im.getexif().get(0x0112, 1) in (None, 1):  # upright already: no copy
+            return im
         return ImageOps.exif_transpose(im)
-    except (MemoryError, KeyboardInterrupt):
+    except MemoryError:
         raise
     except Exception:
         return im
@@ -91,9 +87,10 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def one_line(e: BaseException) -> str:
-    """An exception's text on one line: a decoder's message may span several."""
-    return " ".join(str(e).split())
+def one_line(text, limit: int | None = None) -> str:
+    """A message (or an exception's text) on one line, at most `limit` characters: a
+    decoder's message may span several."""
+    return " ".join(str(text).split())[:limit]
 
 
 def check_rgb(img: np.ndarray, name: str = "image") -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from id3pm import images
 from id3pm.sampling import SAMPLERS
 from id3pm.serving.limits import Limits
 
@@ -163,7 +164,7 @@ class ErrorOut(BaseModel):
 
 def one_line(text: Any, limit: int = 400) -> str:
     """An error detail as one bounded line: exception texts may span lines or echo long input."""
-    return " ".join(str(text).split())[:limit]
+    return images.one_line(text, limit)
 
 
 def validation_message(e: ValidationError | RequestValidationError) -> str:
