@@ -58,9 +58,10 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(args, model: Path, port: int) -> subprocess.Popen:
+def start_server(args, model: Path, port: int, max_queue: int | None = None) -> subprocess.Popen:
+    max_queue = max_queue or max(64, 2 * args.clients)
     cmd = [sys.executable, "-m", "id3pm.cli", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--device", args.device, "--rate", "0", "--max-queue", str(max(64, 2 * args.clients)),
+           "--device", args.device, "--rate", "0", "--max-queue", str(max_queue),
            "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms), "--log-level", "warning"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.Popen(cmd, env=env)

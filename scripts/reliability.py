@@ -22,6 +22,7 @@ from faults import (  # noqa: E402
     model_folder_corruptions, mount_error, prepare_disk_full, prepare_kills, table, train_disk_full, train_kills,
     worker_kills)
 from fuzz_images import http_image_fuzz, image_fuzz, prepare_image_fuzz  # noqa: E402
+from http_abuse import http_abuse  # noqa: E402
 
 BEGIN, END = "<!-- faults: begin -->", "<!-- faults: end -->"
 
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--disk-sizes", type=int, default=10, help="tmpfs sizes per command for the disk-full rows")
     p.add_argument("--worker-kills", type=int, default=20, help="kills of the server's model worker thread")
     p.add_argument("--images", type=int, default=10000, help="fuzzed images through load_image (1/20 as many over HTTP, 1/50 through prepare)")
+    p.add_argument("--http-scale", type=int, default=3, help="hostile-HTTP-client probes, this many times each class's base count")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,11 +56,12 @@ def main() -> None:
         rows += [image_fuzz(Path(tmp) / "images", args.images),
                  http_image_fuzz(Path(tmp) / "http-images", max(1, args.images // 20), seed=1),
                  prepare_image_fuzz(Path(tmp) / "prepare-images", max(1, args.images // 50), seed=2)]
+        rows += http_abuse(Path(tmp) / "http-abuse", scale=args.http_scale)
     text = table(rows)
     print(text)
     stamp = (f"Measured {datetime.date.today().isoformat()} with `python scripts/reliability.py --kills {args.kills} "
              f"--corruptions {args.corruptions} --worker-kills {args.worker_kills} --disk-sizes {args.disk_sizes} "
-             f"--images {args.images}`.")
+             f"--images {args.images} --http-scale {args.http_scale}`.")
     doc = args.doc.read_text() if args.doc.exists() else ""
     if BEGIN in doc and END in doc:
         head, rest = doc.split(BEGIN, 1)

@@ -313,7 +313,7 @@ def summarise(where: list[str]) -> str:
 
 
 def table(rows: list[FaultRow]) -> str:
-    lines = ["| fault | tried | survived | data lost | where the kills landed |", "|---|---|---|---|---|"]
+    lines = ["| fault | tried | survived | data lost | notes (where the faults landed, what was seen) |", "|---|---|---|---|---|"]
     lines += [f"| {r.fault} | {r.tried} | {r.survived} | {r.lost} | {r.note} |" for r in rows]
     return "\n".join(lines)
 
