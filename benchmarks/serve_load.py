@@ -144,14 +144,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """The server and request settings that the load and soak benchmarks share."""
     p.add_argument("--model", help="model folder (default: a tiny untrained model)")
     p.add_argument("--size", type=int, default=32, help="image side of the tiny model")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--requests", type=int, default=128, help="requests in the concurrent phase")
-    p.add_argument("--serial", type=int, default=16, help="requests in the serial phase")
     p.add_argument("--n", type=int, default=1, help="images per request")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--guidance", type=float, default=2.0)
@@ -160,6 +157,14 @@ def main(argv=None) -> int:
     # 1 by default: on a small shared machine, OpenMP threads waiting for a descheduled peer
     # made single requests take up to 14 s instead of 0.2 s (measured with 2 on 2 busy cores).
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of the server")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_server_arguments(p)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--requests", type=int, default=128, help="requests in the concurrent phase")
+    p.add_argument("--serial", type=int, default=16, help="requests in the serial phase")
     p.add_argument("--max-seconds", type=float, default=300, help="stop a phase after this long")
     p.add_argument("--out", default=str(HERE / "results" / "serve_load.json"))
     args = p.parse_args(argv)

@@ -37,7 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from serve_load import body, free_port, rss_mb, start_server, tiny_model  # noqa: E402
+from serve_load import add_server_arguments, body, free_port, rss_mb, start_server, tiny_model  # noqa: E402
 
 
 @dataclass
@@ -264,9 +264,7 @@ def plot(answers: list[Answer], samples: list[tuple[float, float]], path: Path) 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model folder (default: a tiny untrained model)")
-    p.add_argument("--size", type=int, default=32, help="image side of the tiny model")
-    p.add_argument("--device", default="cpu")
+    add_server_arguments(p)
     p.add_argument("--seconds", type=float, default=600, help="length of the soak")
     p.add_argument("--factor", type=float, default=2.0, help="offered load, in multiples of the measured capacity")
     p.add_argument("--clients", type=int, default=16, help="closed-loop clients that measure capacity")
@@ -277,12 +275,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "under the server's own limit of 4 x queue + 32, beyond which uvicorn answers 503 by design)")
     p.add_argument("--timeout", type=float, default=120, help="client timeout; no answer by then = lost")
     p.add_argument("--rss-bound-mb", type=float, default=50)
-    p.add_argument("--n", type=int, default=1, help="images per request")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--window-ms", type=float, default=15)
-    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads of the server")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(HERE / "results" / "serve_soak.json"))
     args = p.parse_args(argv)
