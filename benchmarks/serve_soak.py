@@ -45,6 +45,7 @@ class Answer:
     sent: float  # seconds since the soak began
     seconds: float  # latency
     status: int  # HTTP status; 0 = no answer (connection error or client timeout)
+    error: str = ""  # the client's exception when there was no answer
 
 
 class RssSampler:
@@ -116,12 +117,12 @@ async def open_loop(url: str, args, rate: float, seconds: float) -> list[Answer]
 
     async def one(client: httpx.AsyncClient, i: int, at: float) -> None:
         t0 = time.perf_counter()
+        status, error = 0, ""
         try:
-            r = await client.post(f"{url}/v1/generate", json=body(10**6 + i, args))
-            status = r.status_code
-        except httpx.HTTPError:
-            status = 0
-        answers.append(Answer(round(at, 3), time.perf_counter() - t0, status))
+            status = (await client.post(f"{url}/v1/generate", json=body(10**6 + i, args))).status_code
+        except httpx.HTTPError as e:
+            error = f"{type(e).__name__}: {e}"[:120]
+        answers.append(Answer(round(at, 3), time.perf_counter() - t0, status, error))
 
     async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
         t_begin = time.perf_counter()
@@ -167,6 +168,7 @@ class SoakResult:
     recovered: bool = False
     serial_before_ms: list = field(default_factory=list)
     serial_after_ms: list = field(default_factory=list)
+    lost_examples: list = field(default_factory=list)  # when sent, latency, the client's error
 
     @property
     def passed(self) -> bool:
@@ -202,7 +204,8 @@ def soak(url: str, pid: int, args) -> tuple[SoakResult, list[Answer], list[tuple
     other: dict[str, int] = {}
     for a in answers:
         if a.status not in (200, 429):
-            other[str(a.status or "no answer")] = other.get(str(a.status or "no answer"), 0) + 1
+            key = str(a.status) if a.status else f"no answer ({a.error.split(':')[0]})"
+            other[key] = other.get(key, 0) + 1
     first, last, peak = rss_windows(sampler.samples)
     p_before, p_after = percentile_ms(before.latencies, 50), percentile_ms(after.latencies, 50)
     result = SoakResult(
@@ -216,6 +219,7 @@ def soak(url: str, pid: int, args) -> tuple[SoakResult, list[Answer], list[tuple
         recovered=after.failed == 0 and p_before is not None and p_after is not None and p_after <= 3 * p_before,
         serial_before_ms=[round(x * 1000, 1) for x in before.latencies],
         serial_after_ms=[round(x * 1000, 1) for x in after.latencies])
+    result.lost_examples = [asdict(a) for a in answers if a.status not in (200, 429)][:20]
     return result, answers, sampler.samples
 
 

@@ -39,3 +39,21 @@ def test_a_training_log_row_lands_in_the_table_not_under_its_notes():
     text = f"# Results\n\n{ship.LOG_HEADER}\n\nintro\n\n| date | x |\n|---|---|\n| d1 | 1 |\n\nPeriod 1: notes.\n"
     lines = ship.insert_row(text, "| d2 | 2 |").splitlines()
     assert lines[-4:] == ["| d1 | 1 |", "| d2 | 2 |", "", "Period 1: notes."]
+
+
+def test_the_learning_curve_reads_the_logs_first_table_only(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    scripts = Path(__file__).parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location("learning_curve", scripts / "learning_curve.py")
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    head = "| date | images seen | steps | CPU hours | model s=2: dlib dist / SAR@1% · faceres dist / SAR@1% |\n|---|---|---|---|---|\n"
+    text = (f"# R\n\n{curve.LOG_HEADER}\n\nintro\n\n{head}| d1 | 1,000 | 10 | 0.50 | 0.556 / 37.2% · 0.459 / 28.4% |\n"
+            f"| d2 | 3,000 | 30 | 1.25 | 0.485 / 80.4% · 0.401 / 56.4% |\n\nnotes\n\n{head}| old | 5 | 5 | 0.1 | 0.9 / 0.0% · 0.9 / 0.0% |\n")
+    rows = curve.log_rows(text)
+    assert [r["images"] for r in rows] == [1000, 3000]
+    assert rows[1]["model s=2"] == {"dlib_dist": 0.485, "dlib_sar": 80.4, "faceres_dist": 0.401, "faceres_sar": 56.4}
+    curve.plot(rows, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
