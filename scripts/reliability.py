@@ -23,6 +23,7 @@ from faults import (  # noqa: E402
     worker_kills)
 from fuzz_images import http_image_fuzz, image_fuzz, prepare_image_fuzz  # noqa: E402
 from http_abuse import http_abuse  # noqa: E402
+from remote_faults import remote_encoder_faults, remote_encoder_retries  # noqa: E402
 
 BEGIN, END = "<!-- faults: begin -->", "<!-- faults: end -->"
 
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--corruptions", type=int, default=1000, help="random corruptions of a model folder's weights")
     p.add_argument("--disk-sizes", type=int, default=10, help="tmpfs sizes per command for the disk-full rows")
     p.add_argument("--worker-kills", type=int, default=20, help="kills of the server's model worker thread")
+    p.add_argument("--remote-faults", type=int, default=200, help="faults of a remote black box in one encode job")
     p.add_argument("--images", type=int, default=10000, help="fuzzed images through load_image (1/20 as many over HTTP, 1/50 through prepare)")
     p.add_argument("--http-scale", type=int, default=3, help="hostile-HTTP-client probes, this many times each class's base count")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "reliability.md")
@@ -51,7 +53,9 @@ def main() -> None:
         rows = [prepare_kills(Path(tmp) / "prepare", args.kills, n_images=60),
                 train_kills(Path(tmp) / "train", args.kills, steps=40),
                 model_folder_corruptions(Path(tmp) / "folders", args.corruptions),
-                worker_kills(Path(tmp) / "worker", args.worker_kills)]
+                worker_kills(Path(tmp) / "worker", args.worker_kills),
+                remote_encoder_faults(args.remote_faults),
+                remote_encoder_retries(max(1, args.remote_faults // 10))]
         rows += disk_full_rows(Path(tmp) / "disk", args.disk_sizes)
         rows += [image_fuzz(Path(tmp) / "images", args.images),
                  http_image_fuzz(Path(tmp) / "http-images", max(1, args.images // 20), seed=1),
@@ -60,7 +64,8 @@ def main() -> None:
     text = table(rows)
     print(text)
     stamp = (f"Measured {datetime.date.today().isoformat()} with `python scripts/reliability.py --kills {args.kills} "
-             f"--corruptions {args.corruptions} --worker-kills {args.worker_kills} --disk-sizes {args.disk_sizes} "
+             f"--corruptions {args.corruptions} --worker-kills {args.worker_kills} --remote-faults {args.remote_faults} "
+             f"--disk-sizes {args.disk_sizes} "
              f"--images {args.images} --http-scale {args.http_scale}`.")
     doc = args.doc.read_text() if args.doc.exists() else ""
     if BEGIN in doc and END in doc:

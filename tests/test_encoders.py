@@ -1,18 +1,12 @@
 """Black-box encoders: real dlib vectors of real faces, and each backend's contract."""
 
-import base64
 import csv
-import io
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 from conftest import shared_data
-from PIL import Image
+from fake_fr_service import FakeService, running_service
 from scipy.stats import mannwhitneyu
 from skimage import data as skdata
 
@@ -138,58 +132,10 @@ def test_onnx_chip_template_and_missing_file(onnx_model, astronaut):
 
 
 # -- remote ---------------------------------------------------------------------------
-class FakeService(BaseHTTPRequestHandler):
-    """Vectors = mean colour of each image; scripted failures."""
-
-    script: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        action = self.script.pop(0) if self.script else "ok"
-        if action in ("503", "500"):
-            self.send_response(int(action))
-            self.end_headers()
-            return
-        if action == "close":  # no reply at all
-            self.close_connection = True
-            return
-        if action == "hang":
-            time.sleep(1.5)
-        vectors = []
-        for b64 in body["images"]:
-            img = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), np.float32)
-            vectors.append(img.mean(axis=(0, 1)).tolist())
-        if action == "short":
-            vectors = [v[:2] for v in vectors]
-        if action in ("nan", "inf"):
-            vectors = [[float(action)] * 3 for _ in vectors]
-        reply = json.dumps({"vectors": vectors, "errors": [None] * len(vectors)}).encode()
-        if action == "garbage":
-            reply = b"<html>oops</html>"
-        if action == "huge":
-            reply = b" " * 100_000 + reply
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply) + (1000 if action == "truncated" else 0)))
-        self.end_headers()
-        if action == "trickle":  # every byte within the socket timeout, the whole far beyond it
-            for k in range(0, len(reply), 8):
-                self.wfile.write(reply[k : k + 8])
-                self.wfile.flush()
-                time.sleep(0.1)
-            return
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def service():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeService)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1/embed"
-    server.shutdown()
+    with running_service() as url:
+        yield url
 
 
 def test_remote_encoder_round_trip_and_retry(service):

@@ -3,6 +3,7 @@ faces, and `id3pm evaluate` end to end."""
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -234,6 +235,18 @@ def test_evaluate_end_to_end(tmp_path):
     # a rotation keeps distances: retrieval over a rotated pool scores what plain retrieval scored
     assert prot["orthonormal key=3 · aware: nearest neighbour"]["identity"]["conditioning"]["mean"] == pytest.approx(
         m["identity"]["nearest neighbour"]["conditioning"]["mean"], abs=1e-4)
+    # the aware attacker also feeds the plain model Q^T t: the rotation undone, the plain model's faces
+    undone = prot["orthonormal key=3 · aware: untrained s=1 via preimage"]["identity"]["conditioning"]["mean"]
+    assert undone == pytest.approx(m["identity"]["untrained s=1"]["conditioning"]["mean"], abs=1e-3)
+    # ... judged at the same thresholds: the impostor pairs of all 3 holdout images, rotated (distances kept)
+    for fmr in ("fmr=0.01", "fmr=0.001"):
+        got = prot["orthonormal key=3 · aware: untrained s=1 via preimage"]["sar_type1"]["conditioning"][fmr]
+        plain = m["sar_type1"]["untrained s=1"]["conditioning"][fmr]
+        assert got["impostor_pairs"] == plain["impostor_pairs"] == 3 and got["sar"] == plain["sar"]
+        assert got["threshold"] == pytest.approx(plain["threshold"], abs=1e-5)
+    # BioHashing's preimage is fitted on the attacker's pool: a handful of vectors cannot fit one, and a note says so
+    assert any(re.search(r"biohash bits=128 key=5 · aware: untrained s=1 via preimage: a pool of \d plain vectors "
+                         r"cannot fit a 128-d preimage", n) for n in m["notes"]), m["notes"]
     assert "## Protected templates" in attack and "biohash bits=128 key=5 · unaware: nearest neighbour" in attack
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from id3pm.encoders import Encoder, EncodeResult
 from id3pm.evaluation.baselines import NearestNeighbour
-from id3pm.evaluation.protection import ProtectedSystem, attack_protected, aware_retrieval, protection_label
+from id3pm.evaluation.protection import (Preimage, ProtectedSystem, attack_protected, aware_retrieval,
+                                         protection_label)
 
 
 class LinearPixelEncoder(Encoder):
@@ -56,9 +57,14 @@ def test_knowing_the_scheme_is_what_makes_retrieval_work(people):
     assert system.label == "orthonormal key=3"
     unaware = NearestNeighbour(pool_vectors, pool_images, "euclidean")
     aware = aware_retrieval(system, pool_vectors, pool_images)
-    rows, notes = attack_protected(system, [("unaware", unaware), ("aware", aware)], vectors, independent, ind_orig)
+    undone = Preimage(system, None, unaware)  # plain retrieval fed Q^T t: needs no pool to undo a rotation
+    rows, notes = attack_protected(system, [("unaware", unaware), ("aware", aware), ("aware", undone)], vectors,
+                                   independent, ind_orig)
     assert not notes
     knows, blind = rows["orthonormal key=3 · aware: nearest neighbour"], rows["orthonormal key=3 · unaware: nearest neighbour"]
+    for enc in ("conditioning", "independent"):  # the same faces retrieved
+        assert rows["orthonormal key=3 · aware: nearest neighbour via preimage"]["identity"][enc]["mean"] == \
+            pytest.approx(knows["identity"][enc]["mean"], abs=1e-6)
     for enc in ("conditioning", "independent"):
         assert knows["sar_type1"][enc]["fmr=0.01"]["sar"] >= 0.95  # the right person, the other photo
         assert blind["sar_type1"][enc]["fmr=0.01"]["sar"] <= 0.2  # someone else
@@ -122,3 +128,44 @@ def test_sar_thresholds_come_from_more_images_than_the_evaluated_ones(people):
     np.testing.assert_allclose(cond_all, ev.data.stored[population])  # stored vectors of the 30 images
     np.testing.assert_allclose(ind_all, independent.encode(people[1][population]).vectors, rtol=1e-6)
     assert ev.threshold_population(idx, cond_all[:5], None)[1] is None  # no independent encoder
+
+
+class PlainVectors:
+    """A 'method' that returns the vector it is fed, to look at what a preimage feeds."""
+
+    name = "echo"
+
+    def reconstruct(self, vectors, num_samples, seed):
+        return vectors
+
+
+def dlib_like_vectors(n: int, seed: int) -> np.ndarray:
+    """128-d vectors with a shared offset and unequal spread, as dlib's are (not zero-mean)."""
+    rng = np.random.default_rng(seed)
+    return (0.05 + rng.normal(size=(n, 128)) * np.linspace(0.02, 0.1, 128)).astype(np.float32)
+
+
+def cosine(a, b):
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_a_rotation_is_undone_exactly_and_other_schemes_by_a_fitted_linear_preimage():
+    pool, held_out = dlib_like_vectors(4000, seed=0), dlib_like_vectors(300, seed=1)
+    rotation = ProtectedSystem(LinearPixelEncoder(128, seed=0), {"transform": "orthonormal", "key": 9})
+    undo = Preimage(rotation, None, PlainVectors())
+    np.testing.assert_allclose(undo.reconstruct(rotation.templates(held_out), 1, 0), held_out, atol=1e-5)
+    # noise at 3 dB: the fitted map shrinks towards the mean, so it lands closer than the template itself
+    noisy = ProtectedSystem(LinearPixelEncoder(128, seed=0), {"transform": "noise", "snr_db": 3.0, "key": 9})
+    t = noisy.templates(held_out)
+    assert np.linalg.norm(Preimage(noisy, pool, PlainVectors())(t) - held_out, axis=1).mean() < \
+        0.9 * np.linalg.norm(t - held_out, axis=1).mean()
+    # BioHashing keeps only signs, yet they still point back along the vector, much better
+    # than the mean vector does; fed as they are (+-1), they point nowhere near it
+    hashed = ProtectedSystem(LinearPixelEncoder(128, seed=0), {"transform": "biohash", "key": 9})
+    t = hashed.templates(held_out)
+    estimate = Preimage(hashed, pool, PlainVectors())(t)
+    centred = lambda v: v - pool.mean(axis=0)  # noqa: E731
+    assert cosine(centred(estimate), centred(held_out)).mean() > 0.6
+    assert abs(cosine(centred(t), centred(held_out)).mean()) < 0.1
+    with pytest.raises(ValueError, match="a pool of 100 plain vectors cannot fit a 128-d preimage"):
+        Preimage(hashed, pool[:100], PlainVectors())

@@ -177,7 +177,8 @@ class Evaluation:
             results[name] = entry
         self.identity_raw = results
         self.original_index = idx
-        self.metrics["sar_type1"] = self.sar_type1(*self.threshold_population(idx, vectors, ind_orig))
+        self.population = self.threshold_population(idx, vectors, ind_orig)  # also the protected systems' thresholds
+        self.metrics["sar_type1"] = self.sar_type1(*self.population)
         self.metrics["timing"]["identity_seconds_per_100"] = (time.time() - t0) / len(idx) * 100
         return {name: {enc: summary(v) for enc, v in entry.items()} for name, entry in results.items()}
 
@@ -330,7 +331,7 @@ class Evaluation:
     def protection_section(self) -> dict:
         """Each protection scheme (--protect, and those of models trained on protected
         vectors) attacked by unaware and aware attackers (id3pm.evaluation.protection)."""
-        from id3pm.evaluation.protection import ProtectedSystem, attack_protected, aware_retrieval
+        from id3pm.evaluation.protection import Preimage, ProtectedSystem, attack_protected, aware_retrieval
 
         systems = {}
         for spec in [parse_protection(t) for t in self.cfg.protections] + [p.info["encoder"] for _, p in self.protected_pipes]:
@@ -340,19 +341,34 @@ class Evaluation:
         plain = [m for m in self.methods if isinstance(m, (GenerativeMethod, NearestNeighbour))]
         g = self.cfg.guidance[0]
         plain = [m for m in plain if not getattr(m, "generative", False) or m.guidance_scale == g]
-        pool = self._train_pool() if any(isinstance(m, NearestNeighbour) for m in plain) else (None, None)
+        pool = self._train_pool() if plain else (None, None)
+        retrieval = any(isinstance(m, NearestNeighbour) for m in plain)
         rows = {}
         for system in systems.values():
             attackers = [("unaware", m) for m in plain]
             attackers += [("aware", GenerativeMethod(f"{name} s={g:g}", pipe, g, self.cfg.steps, self.cfg.sampler,
                                                      self.cfg.batch_size))
                           for name, pipe in self.protected_pipes if system.matches(pipe.info["encoder"])]
-            if pool[0] is not None:
+            if pool[0] is not None and retrieval:
                 attackers.append(("aware", aware_retrieval(system, pool[0], at_size(pool[1], self.size))))
-            found, notes = attack_protected(system, attackers, vectors, self.ind, self.ind_orig, self.cfg.seed)
+            attackers += self._preimage_attackers(system, pool[0], [m for m in plain if isinstance(m, GenerativeMethod)])
+            found, notes = attack_protected(system, attackers, vectors, self.ind, self.ind_orig, self.cfg.seed,
+                                            population=self.population)
             rows.update(found)
             self.metrics.setdefault("notes", []).extend(notes)
         return rows
+
+    def _preimage_attackers(self, system, pool_vectors, methods) -> list:
+        """("aware", Preimage) for each plain model; a pool too small to fit one is a note."""
+        from id3pm.evaluation.protection import Preimage
+
+        out = []
+        for method in methods:
+            try:
+                out.append(("aware", Preimage(system, pool_vectors, method)))
+            except ValueError as e:
+                self.metrics.setdefault("notes", []).append(f"{system.label} · aware: {e}")
+        return out
 
     def fid_section(self) -> dict:
         from id3pm.evaluation.features import InceptionFeatures

@@ -6,7 +6,9 @@ t(f(x)) and the attacker holds such a template. Two attackers:
   only where t keeps the vector's length;
 - aware: knows t (Kerckhoffs: the scheme is public; with its key, the attacker can
   apply it), and uses a model trained on protected vectors (`id3pm prepare --encoder
-  protected:...`, then `train`), or retrieval over a pool it protected itself.
+  protected:...`, then `train`), or retrieval over a pool it protected itself, or a
+  model trained on PLAIN vectors fed a preimage of the template (`Preimage`): no
+  training at all, so it is the first aware attack to measure on any scheme.
 
 Success is judged twice: by the protected system itself (t(f(x')) against the stored
 template, at the thresholds where the system's own impostor pairs reach an FMR), and
@@ -65,6 +67,46 @@ def aware_retrieval(system: ProtectedSystem, pool_vectors: np.ndarray, pool_imag
     return NearestNeighbour(system.templates(pool_vectors), pool_images, system.encoder.distance, name="nearest neighbour")
 
 
+class Preimage:
+    """An aware attacker's use of a method built on plain vectors: map the template back
+    to an estimate of the plain vector, then run the method on it.
+
+    A rotation is undone exactly (Q is orthonormal: y = Q^T t). Any other scheme gets a
+    linear least-squares map t -> y (ridge, with an intercept) fitted on the attacker's
+    own pool of plain vectors, protected with the scheme: the best linear estimate of y
+    from t, e.g. the shrinkage that removes part of added noise, or the direction that
+    BioHashing's sign bits still carry."""
+
+    generative = False
+    ridge = 1e-4  # relative to the mean diagonal of the templates' Gram matrix: keeps the solve well posed
+
+    def __init__(self, system: ProtectedSystem, pool_vectors: np.ndarray | None, method):
+        self.system, self.method = system, method
+        self.name = f"{method.name} via preimage"
+        transform = system.encoder.transform
+        if isinstance(transform, TRANSFORMS["orthonormal"]):
+            self.weights, self.bias = transform.q, np.zeros(transform.dim)  # t @ Q = y
+            return
+        pool = np.asarray(pool_vectors if pool_vectors is not None else np.empty((0, transform.dim)), np.float64)
+        pool = pool[np.isfinite(pool).all(axis=1)]
+        if len(pool) < 2 * (transform.out_dim + 1):
+            raise ValueError(f"{self.name}: a pool of {len(pool)} plain vectors cannot fit a "
+                             f"{transform.out_dim}-d preimage (needs {2 * (transform.out_dim + 1)})")
+        templates = system.templates(pool).astype(np.float64)
+        t_mean, y_mean = templates.mean(axis=0), pool.mean(axis=0)
+        tc = templates - t_mean
+        gram = tc.T @ tc
+        gram += self.ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+        self.weights = np.linalg.solve(gram, tc.T @ (pool - y_mean))
+        self.bias = y_mean - t_mean @ self.weights
+
+    def __call__(self, templates: np.ndarray) -> np.ndarray:
+        return (np.asarray(templates, np.float64) @ self.weights + self.bias).astype(np.float32)
+
+    def reconstruct(self, templates: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+        return self.method.reconstruct(self(templates), num_samples, seed)
+
+
 def input_dim(method) -> int | None:
     """The vector length a method takes (None: any)."""
     if hasattr(method, "pipe"):
@@ -75,14 +117,19 @@ def input_dim(method) -> int | None:
 
 
 def attack_protected(system: ProtectedSystem, attackers: list[tuple[str, object]], vectors: np.ndarray,
-                     independent: Encoder | None, ind_orig: np.ndarray | None, seed: int = 0) -> tuple[dict, list[str]]:
+                     independent: Encoder | None, ind_orig: np.ndarray | None, seed: int = 0,
+                     population: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[dict, list[str]]:
     """Rows "<protection> · <unaware|aware>: <method>" -> identity distances, type-I SAR
     under the protected system and the independent encoder, seconds per identity.
-    attackers: (kind, method) with kind "unaware" or "aware". Returns (rows, notes)."""
+    attackers: (kind, method) with kind "unaware" or "aware". population: plain vectors
+    under (conditioning, independent) of the images whose impostor pairs set the
+    thresholds, as for the unprotected rows (default: the attacked originals alone, whose
+    thresholds move with their number). Returns (rows, notes)."""
     templates = system.templates(vectors)
-    impostors = {"conditioning": impostor_distances(templates, system.encoder.distance)}
+    plain, ind_population = population if population is not None else (vectors, ind_orig)
+    impostors = {"conditioning": impostor_distances(system.templates(plain), system.encoder.distance)}
     if independent is not None:
-        impostors["independent"] = impostor_distances(ind_orig, independent.distance)
+        impostors["independent"] = impostor_distances(ind_population, independent.distance)
     rows, notes = {}, []
     for kind, method in attackers:
         name = f"{system.label} · {kind}: {method.name}"
