@@ -37,3 +37,14 @@ def test_impostor_pairs_skip_faceless_rows_and_sar_table_uses_them():
     assert sorted(d.tolist()) == [5.0, 5.0, 10.0]
     table = sar_table(np.array([4.0, 6.0]), d, fmrs=(0.5,))
     assert table["fmr=0.5"]["threshold"] == 5.0 and table["fmr=0.5"]["sar"] == 0.5
+
+
+def test_impostor_distances_in_blocks_are_every_pair_once():
+    from id3pm.encoders import identity_distance
+
+    v = np.random.default_rng(0).normal(size=(250, 16)).astype(np.float32)  # 31,125 pairs: more than one block
+    i, j = np.triu_indices(250, 1)
+    for kind in ("euclidean", "cosine"):
+        np.testing.assert_allclose(impostor_distances(v, kind), identity_distance(v[i], v[j], kind))
+    assert impostor_distances(v, "euclidean", max_pairs=1000).shape == (1000,)
+    assert impostor_distances(v[:1], "euclidean").shape == (0,)
