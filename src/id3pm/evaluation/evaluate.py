@@ -331,7 +331,7 @@ class Evaluation:
     def protection_section(self) -> dict:
         """Each protection scheme (--protect, and those of models trained on protected
         vectors) attacked by unaware and aware attackers (id3pm.evaluation.protection)."""
-        from id3pm.evaluation.protection import Preimage, ProtectedSystem, attack_protected, aware_retrieval
+        from id3pm.evaluation.protection import ProtectedSystem, attack_protected, aware_retrieval
 
         systems = {}
         for spec in [parse_protection(t) for t in self.cfg.protections] + [p.info["encoder"] for _, p in self.protected_pipes]:

@@ -81,7 +81,7 @@ class Preimage:
     ridge = 1e-4  # relative to the mean diagonal of the templates' Gram matrix: keeps the solve well posed
 
     def __init__(self, system: ProtectedSystem, pool_vectors: np.ndarray | None, method):
-        self.system, self.method = system, method
+        self.method = method
         self.name = f"{method.name} via preimage"
         transform = system.encoder.transform
         if isinstance(transform, TRANSFORMS["orthonormal"]):
