@@ -8,6 +8,7 @@ import pytest
 
 from id3pm.encoders import Encoder, EncodeResult
 from id3pm.evaluation.baselines import NearestNeighbour
+from id3pm.evaluation.sar import impostor_distances
 from id3pm.evaluation.protection import (Preimage, ProtectedSystem, attack_protected, aware_retrieval,
                                          protection_label)
 
@@ -72,6 +73,12 @@ def test_knowing_the_scheme_is_what_makes_retrieval_work(people):
     # a rotation keeps distances: the protected system's threshold is the plain one's
     assert knows["identity"]["conditioning"]["mean"] == pytest.approx(
         np.linalg.norm(pool_vectors - vectors, axis=1).mean(), rel=1e-4)
+    # the independent encoder's impostor distances, computed once by the caller for all schemes, are used as given
+    given = impostor_distances(ind_orig, independent.distance)
+    again, _ = attack_protected(system, [("aware", aware)], vectors, independent, ind_orig, independent_impostors=given)
+    assert again["orthonormal key=3 · aware: nearest neighbour"]["sar_type1"] == knows["sar_type1"]
+    again, _ = attack_protected(system, [("aware", aware)], vectors, independent, ind_orig, independent_impostors=given * 0)
+    assert again["orthonormal key=3 · aware: nearest neighbour"]["sar_type1"]["independent"]["fmr=0.01"]["threshold"] == 0
 
 
 def test_an_unaware_attacker_cannot_feed_templates_of_another_length(people):

@@ -205,6 +205,7 @@ class Evaluation:
         different people) reach FMR 1% and 0.1%."""
         originals = {"conditioning": (vectors, self.cond), "independent": (ind_orig, self.ind)}
         impostors = {enc: impostor_distances(v, e.distance) for enc, (v, e) in originals.items() if v is not None}
+        self.independent_impostors = impostors.get("independent")  # the protected rows' too
         if min(len(d) for d in impostors.values()) == 0:
             self.metrics.setdefault("notes", []).append("type-I SAR skipped: fewer than 2 readable originals, "
                                                         "so no impostor pairs to set a threshold on")
@@ -353,7 +354,8 @@ class Evaluation:
                 attackers.append(("aware", aware_retrieval(system, pool[0], at_size(pool[1], self.size))))
             attackers += self._preimage_attackers(system, pool[0], [m for m in plain if isinstance(m, GenerativeMethod)])
             found, notes = attack_protected(system, attackers, vectors, self.ind, self.ind_orig, self.cfg.seed,
-                                            population=self.population)
+                                            population=self.population,
+                                            independent_impostors=self.independent_impostors)
             rows.update(found)
             self.metrics.setdefault("notes", []).extend(notes)
         return rows

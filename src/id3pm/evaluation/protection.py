@@ -118,18 +118,22 @@ def input_dim(method) -> int | None:
 
 def attack_protected(system: ProtectedSystem, attackers: list[tuple[str, object]], vectors: np.ndarray,
                      independent: Encoder | None, ind_orig: np.ndarray | None, seed: int = 0,
-                     population: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[dict, list[str]]:
+                     population: tuple[np.ndarray, np.ndarray | None] | None = None,
+                     independent_impostors: np.ndarray | None = None) -> tuple[dict, list[str]]:
     """Rows "<protection> · <unaware|aware>: <method>" -> identity distances, type-I SAR
     under the protected system and the independent encoder, seconds per identity.
     attackers: (kind, method) with kind "unaware" or "aware". population: plain vectors
     under (conditioning, independent) of the images whose impostor pairs set the
     thresholds, as for the unprotected rows (default: the attacked originals alone, whose
-    thresholds move with their number). Returns (rows, notes)."""
+    thresholds move with their number). independent_impostors: that population's impostor
+    distances under the independent encoder when already computed (no protection changes
+    them, so an evaluation computes them once for all schemes). Returns (rows, notes)."""
     templates = system.templates(vectors)
     plain, ind_population = population if population is not None else (vectors, ind_orig)
     impostors = {"conditioning": impostor_distances(system.templates(plain), system.encoder.distance)}
     if independent is not None:
-        impostors["independent"] = impostor_distances(ind_population, independent.distance)
+        impostors["independent"] = (independent_impostors if independent_impostors is not None
+                                    else impostor_distances(ind_population, independent.distance))
     rows, notes = {}, []
     for kind, method in attackers:
         name = f"{system.label} · {kind}: {method.name}"
