@@ -114,6 +114,9 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._started = False  # start() was called and close() was not: a dead worker is replaced
         self._live: set[_Pending] = set()  # submitted and not answered yet (queued, or taken by the worker)
+        # Held while a job enters the queue and _live, and while a crash handler tells the two
+        # apart: without it a job submitted mid-snapshot looks "taken" and is failed while queued.
+        self._submitting = threading.Lock()
         # Counters, written by the worker only (reads from other threads are for monitoring).
         self.stats = Counter(requests=0, completed=0, failed=0, cancelled=0, rejected=0, batches=0,
                              forward_passes=0, images=0, encode_jobs=0, worker_crashes=0)
@@ -145,12 +148,13 @@ class Batcher:
         if self._started and not self.alive:  # it died, and its own replacement did not start
             self.start()
         pending = _Pending(job, Future())
-        try:
-            self._queue.put_nowait(pending)
-        except queue.Full:
-            self.stats["rejected"] += 1
-            raise QueueFull(f"server busy: {self._queue.maxsize} requests already waiting") from None
-        self._live.add(pending)  # after the put: a crash in between leaves it queued, for the next worker
+        with self._submitting:
+            try:
+                self._queue.put_nowait(pending)
+            except queue.Full:
+                self.stats["rejected"] += 1
+                raise QueueFull(f"server busy: {self._queue.maxsize} requests already waiting") from None
+            self._live.add(pending)
         pending.future.add_done_callback(lambda _: self._live.discard(pending))
         self.stats["requests"] += 1
         return pending.future
@@ -234,9 +238,10 @@ class Batcher:
         """Jobs submitted, not answered and no longer queued: the worker held them. (A kill may
         land inside queue.get after the item left the queue, so a list kept by the worker
         itself could miss one.)"""
-        with self._queue.mutex:
+        with self._submitting, self._queue.mutex:
             queued = {id(p) for p in self._queue.queue if p is not None}
-        return [p for p in list(self._live) if id(p) not in queued and not p.future.done()]
+            live = list(self._live)
+        return [p for p in live if id(p) not in queued and not p.future.done()]
 
     def busy(self) -> bool:
         """Whether the worker holds a job now (for the fault-injection harness)."""
@@ -255,8 +260,11 @@ class Batcher:
                 self._finish(group, lambda g=group: self._render_group(g))
 
     def _claim(self, p: _Pending) -> bool:
-        if p.future.set_running_or_notify_cancel():
-            return True
+        try:
+            if p.future.set_running_or_notify_cancel():
+                return True
+        except RuntimeError:  # already answered: failed by a crash handler (should not happen; never fatal)
+            return False
         self.stats["cancelled"] += 1  # its request timed out or went away while queued
         return False
 
