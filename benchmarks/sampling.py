@@ -64,16 +64,21 @@ def matmul_rate(device: str, dtype) -> float:
     faster of a large GEMM and a large 3x3 convolution: on AMD CPUs MKL's fp32 GEMM
     takes a slow path (~0.1 TFLOP/s here) while oneDNN's convolution uses the AVX-512
     units (~0.36), so the GEMM alone would flatter every number measured against it."""
-    n = 8192 if device == "cuda" else 2048
+    from id3pm.hardware import cpu_has_native_bf16
+
+    # emulated bf16 (e.g. an AVX2-only Zen 3) runs at a few GFLOP/s: smaller problems, or
+    # the measurement alone takes many minutes
+    emulated = device == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16()
+    n = 8192 if device == "cuda" else 256 if emulated else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up: thread pool, packing buffers
     gemm = 2 * n**3 / timed(lambda: a @ b, device, 7)
-    c = 256
-    x = torch.randn(8, c, 64, 64, device=device, dtype=dtype)
+    c, batch = (64, 1) if emulated else (256, 8)
+    x = torch.randn(batch, c, 64, 64, device=device, dtype=dtype)
     w = torch.randn(c, c, 3, 3, device=device, dtype=dtype)
     conv = lambda: torch.nn.functional.conv2d(x, w, padding=1)  # noqa: E731
     conv()
-    conv_rate = 2 * 8 * c * c * 9 * 64 * 64 / timed(conv, device, 5)
+    conv_rate = 2 * batch * c * c * 9 * 64 * 64 / timed(conv, device, 5)
     RATES.append({"dtype": str(dtype).split(".")[-1], "gemm_tflops": gemm / 1e12, "conv_tflops": conv_rate / 1e12})
     return max(gemm, conv_rate)
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(sys_path))
 from sampling import forward_flops, matmul_rate, sync  # noqa: E402
 
 
-def steps_per_second(model, opt, batch, device, dtype, steps: int, size: int = 64) -> float:
+def steps_per_second(model, opt, batch, device, dtype, steps: int, size: int = 64, compiled: bool = False) -> float:
     diffusion = GaussianDiffusion(make_betas("cosine", 1000))
     cfg = TrainConfig(data="", out="")
     data = {"image": torch.rand(batch, 3, size, size, device=device) * 2 - 1, "id_vector": torch.randn(batch, 128, device=device)}
@@ -46,7 +46,7 @@ def steps_per_second(model, opt, batch, device, dtype, steps: int, size: int = 6
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    for s in range(3):  # warm-up (and compilation)
+    for s in range(3 if compiled else 1):  # warm-up (thread pools; compilation)
         one(s)
     sync(device)
     t = time.perf_counter()
@@ -70,16 +70,23 @@ def main() -> None:
     batch = args.batch or (256 if device == "cuda" else 16)
     steps = args.steps or (30 if device == "cuda" else 4)
     rates = {"fp32": matmul_rate(device, torch.float32), "bf16": matmul_rate(device, torch.bfloat16)}
-    variants = [("fp32, AdamW (foreach)", torch.float32, False, False, False),
-                ("bf16 autocast", torch.bfloat16, False, False, False),
-                ("bf16 + channels_last", torch.bfloat16, True, False, False)]
-    if device == "cuda":
-        variants.append(("bf16 + channels_last + fused AdamW", torch.bfloat16, True, True, False))
-    if args.compile:
-        variants.append(("bf16 + channels_last + fused + compile", torch.bfloat16, True, device == "cuda", True))
-    rows = []
-    from id3pm.hardware import cpu_description
+    from id3pm.hardware import cpu_description, cpu_has_native_bf16
 
+    # (name, autocast dtype, channels_last, fused AdamW, torch.compile)
+    variants = [("fp32, AdamW (foreach)", torch.float32, False, False, False)]
+    if device == "cuda" or cpu_has_native_bf16():  # bf16 is the fast path: try what may speed it up
+        variants.append(("bf16 autocast", torch.bfloat16, False, False, False))
+        variants.append(("bf16 + channels_last", torch.bfloat16, True, False, False))
+        if device == "cuda":
+            variants.append(("bf16 + channels_last + fused AdamW", torch.bfloat16, True, True, False))
+        if args.compile:
+            variants.append(("bf16 + channels_last + fused + compile", torch.bfloat16, True, device == "cuda", True))
+    else:  # bf16 is emulated (e.g. an AVX2-only Zen 3: its convolutions ran ~70x slower than
+        # fp32 here, so a bf16 training row would take hours): fp32 is the path to speed up
+        variants.append(("fp32 + channels_last", torch.float32, True, False, False))
+        if args.compile:
+            variants.append(("fp32 + compile", torch.float32, False, False, True))
+    rows = []
     cpu = cpu_description()
     print(f"device {device} ({cpu}), batch {batch}, size {args.size}; matmul fp32 {rates['fp32'] / 1e12:.2f}, "
           f"bf16 {rates['bf16'] / 1e12:.2f} TFLOP/s")
@@ -94,7 +101,7 @@ def main() -> None:
                 model = model.to(memory_format=torch.channels_last)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
             run = torch.compile(model) if comp else model
-            ips = steps_per_second(run, opt, batch, device, dtype, steps, args.size) * batch
+            ips = steps_per_second(run, opt, batch, device, dtype, steps, args.size, comp) * batch
             base = base or ips
             achieved = 3 * flops * ips  # forward + backward (~2x forward)
             ceiling = rates["bf16" if dtype == torch.bfloat16 else "fp32"]
