@@ -176,6 +176,10 @@ def test_budget_predicts_the_step_at_which_the_time_budget_stops_the_run():
 
 
 def test_bf16_training_on_the_cpu_lowers_the_loss_and_round_trips(prepared, tmp_path):
+    # an fp32 run in the same process first (a notebook; the test process on an AVX2 CPU, where
+    # "auto" is fp32): accelerate's global state must not keep the first run's precision
+    train(TrainConfig(out=str(tmp_path / "fp32"), data=str(prepared), max_steps=1, save_every=1,
+                      **{**TINY_TRAIN, "mixed_precision": "no"}))
     run = tmp_path / "bf16"
     train(TrainConfig(out=str(run), data=str(prepared), max_steps=120, save_every=120,
                       **{**TINY_TRAIN, "mixed_precision": "bf16", "log_every": 20}))

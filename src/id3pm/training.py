@@ -251,6 +251,12 @@ class Trainer:
         self.precision = cfg.mixed_precision
         if self.precision == "auto":  # bf16 only where it is fast: GPU, or a CPU with native bf16
             self.precision = {"bf16": "bf16", "fp32": "no"}[auto_precision("cuda" if torch.cuda.is_available() else "cpu")]
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state.get("_mixed_precision", self.precision) != self.precision:
+            # a second run in this process with another precision (tests, notebooks): accelerate
+            # keeps one global state and refuses to change it; its process group (PartialState) stays
+            AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=self.precision)
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
