@@ -3,6 +3,8 @@
 # next (docs/reference-model.md). Start it in the first minutes of a period:
 #
 #   bash scripts/cpu_reference_run.sh 20:12      # train in the background until 20:12 (UTC)
+#   COOLDOWN=40 bash scripts/cpu_reference_run.sh 20:12   # ... and decay the learning rate
+#                                                          # linearly to 0 over its last 40 minutes
 #
 # - Resumes exactly from $RUN/checkpoint when it exists (optimizer, EMA, step); otherwise
 #   warm-starts from the shipped weights when they exist; otherwise starts from scratch.
@@ -31,12 +33,14 @@ fi
 PRIOR="${PRIOR:-}"
 if [ -z "$PRIOR" ] && [ -e "$SHIPPED/prior/id3pm.json" ]; then PRIOR="$SHIPPED/prior"; fi
 if [ -n "$PRIOR" ]; then INIT+=(--prior "$PRIOR"); fi
+# A learning-rate cool-down before the weights ship (0: none); the next period warms up again.
+COOLDOWN="${COOLDOWN:-0}"
 # The run's settings: keep them identical from period to period (a resume takes the
 # network from the checkpoint; these decide the rest).
 setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" \
   --size 32 --preset mini --batch-size 64 --lr 2e-4 --warmup-steps 500 --ema-decay 0.9995 \
   --save-every 500 --sample-every 2000 --log-every 50 --max-steps 10000000 \
-  --max-minutes "$minutes" --progress no "${INIT[@]}" >> "$RUN/train.out" 2>&1 < /dev/null &
+  --max-minutes "$minutes" --lr-cooldown-minutes "$COOLDOWN" --progress no "${INIT[@]}" >> "$RUN/train.out" 2>&1 < /dev/null &
 pid=$!
 sleep 1
 if [ -w "/proc/$pid/autogroup" ]; then

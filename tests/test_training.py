@@ -256,3 +256,49 @@ def test_a_stop_signal_ends_the_run_at_a_step_boundary_with_its_checkpoint(prepa
     assert json.loads((tmp_path / "r" / "checkpoint" / "state.json").read_text())["step"] == 5
     assert f"stopped by {signame} at step 5" in capsys.readouterr().out
     assert signal.getsignal(sig) == before  # the process's own handler is back
+
+
+def test_learning_rate_warms_up_stays_then_cools_down_by_the_clock():
+    from id3pm.training import scheduled_lr
+
+    cfg = TrainConfig(data="", out="", lr=2e-4, warmup_steps=500, max_minutes=120, lr_cooldown_minutes=30)
+    inf = float("inf")
+    assert scheduled_lr(cfg, 0, 0, inf) == pytest.approx(2e-4 / 500)
+    assert scheduled_lr(cfg, 249, 0, inf) == pytest.approx(1e-4)
+    assert scheduled_lr(cfg, 10_000, 0, 3600.0) == 2e-4  # an hour left: before the cool-down's 30 min
+    assert scheduled_lr(cfg, 10_000, 0, 1800.0) == 2e-4  # its start
+    assert scheduled_lr(cfg, 10_000, 0, 450.0) == pytest.approx(2e-4 * 450 / 1800)  # a quarter of it left
+    assert scheduled_lr(cfg, 10_000, 0, -5.0) == 0.0  # past the deadline
+    assert scheduled_lr(cfg, 10_099, 10_000, inf) == pytest.approx(2e-4 * 100 / 500)  # re-warm after a resume
+    assert scheduled_lr(TrainConfig(data="", out="", lr=2e-4), 10_000, 0, 5.0) == 2e-4  # no cool-down asked
+    with pytest.raises(ValueError, match="lr-cooldown-minutes"):
+        train(TrainConfig(data="", out="", lr_cooldown_minutes=5, max_minutes=0))
+
+
+def test_a_cooled_down_run_ends_near_zero_and_warms_up_again_when_resumed(prepared, tmp_path, monkeypatch):
+    # a fake clock: 0.2 s per step, the budget ends after step 60, the 6 s cool-down spans the last 30 steps
+    monkeypatch.setattr(Budget, "seconds_left", lambda self: (60 - self.state["step"]) * 0.2)
+    run = tmp_path / "r"
+    kw = {**TINY_TRAIN, "log_every": 1, "save_every": 0}
+    train(TrainConfig(out=str(run), data=str(prepared), max_steps=60, max_minutes=10, lr_cooldown_minutes=0.1, **kw))
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    lr, warmup = kw["lr"], kw["warmup_steps"]
+    expected = [lr * min(1, s / warmup) * min(1, (61 - s) * 0.2 / 6) for s in range(1, 61)]  # line s: step s - 1
+    assert [r["lr"] for r in logged] == pytest.approx(expected)
+    assert logged[-1]["lr"] == pytest.approx(lr / 30)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["warmup_from"] == 60
+    info = json.loads((run / "model" / "id3pm.json").read_text())["training"]
+    assert info["last_lr"] == pytest.approx(lr / 30) and info["lr_cooldown_minutes"] == 0.1
+    monkeypatch.undo()
+    train(TrainConfig(out=str(run), data=str(prepared), max_steps=63, **kw))  # the next period, no cool-down
+    resumed = [json.loads(line)["lr"] for line in (run / "log.jsonl").read_text().splitlines()][-3:]
+    assert resumed == pytest.approx([lr * k / warmup for k in (1, 2, 3)])  # warms up again from step 60
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["warmup_from"] == 60  # not cooled this time: a later resume goes on at the full rate
+
+
+def test_budget_seconds_left_counts_down_to_its_deadline():
+    budget = Budget(100, 2.0, {"step": 0, "train_seconds": 0.0}, started=time.time() - 30)
+    assert 89 < budget.seconds_left() <= 90
+    assert Budget(100, 0.0, {"step": 0, "train_seconds": 0.0}).seconds_left() == float("inf")

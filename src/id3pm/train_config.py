@@ -26,6 +26,7 @@ class TrainConfig:
     lr: float = 1e-4  # AdamW learning rate
     weight_decay: float = 0.0
     warmup_steps: int = 500  # linear learning-rate warm-up
+    lr_cooldown_minutes: float = 0.0  # linear decay of the learning rate to 0 over the last N minutes of --max-minutes
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.9999  # EMA of the weights (with a 1+k / 10+k warm-up)
     max_steps: int = 100_000  # stop after this many steps ...

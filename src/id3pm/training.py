@@ -247,6 +247,9 @@ class Trainer:
         from accelerate import Accelerator
 
         self.created = time.time()  # --max-minutes counts from here (Budget)
+        if cfg.lr_cooldown_minutes and not 0 < cfg.lr_cooldown_minutes <= cfg.max_minutes:
+            raise ValueError(f"--lr-cooldown-minutes {cfg.lr_cooldown_minutes} needs a --max-minutes at least as long "
+                             f"(got {cfg.max_minutes}): the cool-down ends with the time budget")
         self.cfg = cfg
         self.precision = cfg.mixed_precision
         if self.precision == "auto":  # bf16 only where it is fast: GPU, or a CPU with native bf16
@@ -281,6 +284,8 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.out / "tb"))
         self.window = LogWindow(self.device)
+        self.budget: Budget | None = None  # set by run(); the learning-rate cool-down reads its clock
+        self.cooled = False  # whether a step of this process ran at a cooled-down learning rate
 
     @property
     def is_main(self) -> bool:
@@ -351,7 +356,8 @@ class Trainer:
         self.accelerator.print(f"prior g(y) of {len(self.train_set)} training images in {time.time() - start:.0f} s")
 
     def lr_at(self, step: int) -> float:
-        return self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
+        seconds_left = self.budget.seconds_left() if self.budget is not None else math.inf
+        return scheduled_lr(self.cfg, step, self.state.get("warmup_from", 0), seconds_left)
 
     def ema_model(self) -> IDConditionedUNet:
         m = copy.deepcopy(self.model).float()
@@ -365,7 +371,11 @@ class Trainer:
             return
         ckpt = self.out / "checkpoint"
         # info and network config inside the checkpoint, not beside it: a resume reads them
-        save_checkpoint(ckpt, self.model, self.ema, self.optimizer, {**self.state, "config": asdict(self.cfg)},
+        # a run whose learning rate was cooled down warms it up again from where it resumes:
+        # jumping from ~0 back to the full rate would undo the cool-down's gain in a few steps
+        warmup_from = self.state["step"] if self.cooled else self.state.get("warmup_from", 0)
+        state = {**self.state, "warmup_from": warmup_from, "config": asdict(self.cfg)}
+        save_checkpoint(ckpt, self.model, self.ema, self.optimizer, state,
                         extra_json={"info.json": self.info, "model_config.json": dict(self.model.config)})
         self.export()
 
@@ -377,6 +387,8 @@ class Trainer:
             "train_seconds": round(self.state["train_seconds"], 1),
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
+            "lr_cooldown_minutes": cfg.lr_cooldown_minutes,
+            "last_lr": self.optimizer.param_groups[0]["lr"],
             "mixed_precision": self.precision,
             "device": torch.cuda.get_device_name() if self.device.type == "cuda" else f"cpu ({cpu_description()})",
             "processes": self.world,
@@ -408,7 +420,7 @@ class Trainer:
         record = self.window.record(self.state["step"], losses, self.cfg.batch_size, self.flops)
         if record is None:
             return
-        record["lr"] = self.lr_at(self.state["step"] - 1)
+        record["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate the last step really used
         self.state["last_loss"] = record["loss"]
         if self.is_main:
             with open(self.out / "log.jsonl", "a") as f:
@@ -421,8 +433,11 @@ class Trainer:
         cfg, step = self.cfg, self.state["step"]
         rnd = StepRandom(cfg.seed, step, self.rank, self.device)
         batch = batch_from(self.train_set, self.order.indices(step, self.rank, self.world), self.device)
+        lr = self.lr_at(step)
+        uncooled = scheduled_lr(self.cfg, step, self.state.get("warmup_from", 0), math.inf)
+        self.cooled = self.cooled or lr < 0.999 * uncooled
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(step)
+            group["lr"] = lr
         with self.accelerator.autocast():
             losses = step_loss(cfg, self.train_model, self.diffusion, batch, rnd, self.info)
         loss = losses["loss"].mean()
@@ -456,7 +471,7 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        budget = Budget(cfg.max_steps, cfg.max_minutes, self.state, started=self.created)
+        budget = self.budget = Budget(cfg.max_steps, cfg.max_minutes, self.state, started=self.created)
         bar = tqdm(total=budget.expected_steps(), initial=self.state["step"], desc="train",
                    disable=not (cfg.progress and self.is_main))
         losses: dict = {}
@@ -477,6 +492,18 @@ class Trainer:
             self.writer.close()
         return {"step": self.state["step"], "images_seen": self.state["images_seen"], "out": str(self.out),
                 "last_loss": self.state.get("last_loss")}
+
+
+def scheduled_lr(cfg: TrainConfig, step: int, warmup_from: int, seconds_left: float) -> float:
+    """The learning rate of `step`: a linear warm-up over cfg.warmup_steps starting at
+    `warmup_from` (0, or where a cooled-down run resumed), then constant, then a linear
+    cool-down to 0 over the last cfg.lr_cooldown_minutes before the time budget ends.
+    The cool-down follows the clock, not a step count, because the run ends by the clock."""
+    warm = min(1.0, (step + 1 - warmup_from) / max(1, cfg.warmup_steps))
+    cool = 1.0
+    if cfg.lr_cooldown_minutes > 0 and math.isfinite(seconds_left):
+        cool = min(1.0, max(0.0, seconds_left) / (cfg.lr_cooldown_minutes * 60))
+    return cfg.lr * warm * cool
 
 
 class StopSignal:
@@ -531,6 +558,9 @@ class Budget:
             self.reason = f"time budget of {self.max_minutes} min reached at step {self.state['step']}"
             return True
         return False
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.time() if self.max_minutes else math.inf
 
     def expected_steps(self) -> int:
         done = self.state["step"] - self.first_step
