@@ -1,0 +1,86 @@
+"""Paired comparison of two evaluations on the same originals (id3pm.evaluation.paired,
+scripts/compare_evals.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from id3pm.evaluation.paired import align, mcnemar_exact_p, paired_comparison
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("b, c", [(1, 9), (0, 6), (12, 20), (30, 30), (0, 0)])
+def test_mcnemar_exact_p_is_the_two_sided_binomial_test_on_the_discordant_pairs(b, c):
+    expected = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+    assert mcnemar_exact_p(b, c) == pytest.approx(expected)
+    assert mcnemar_exact_p(c, b) == pytest.approx(expected)
+
+
+def test_paired_comparison_counts_discordant_originals_and_the_mean_change():
+    before = np.array([0.40, 0.45, 0.60, 0.70, np.nan, 0.52])
+    after = np.array([0.38, 0.55, 0.50, 0.65, 0.40, np.nan])
+    r = paired_comparison(before, after, threshold=0.5)
+    # accepted before: 0.40, 0.45 ; after: 0.38, 0.40 (the NaN before was no face: rejected)
+    assert (r["sar_before"], r["sar_after"]) == (2 / 6, 2 / 6)
+    assert (r["accepted_only_before"], r["accepted_only_after"]) == (1, 1)  # 0.45 -> 0.55 ; nan -> 0.40
+    diffs = np.array([-0.02, 0.10, -0.10, -0.05])  # the four pairs with both distances
+    assert r["n_distance_pairs"] == 4 and r["distance_change"] == pytest.approx(diffs.mean())
+    half = 1.959964 * diffs.std(ddof=1) / 2
+    assert r["distance_change_ci95"] == pytest.approx([diffs.mean() - half, diffs.mean() + half])
+    with pytest.raises(ValueError, match="same originals"):
+        paired_comparison(before, after[:3], 0.5)
+
+
+def test_a_consistent_small_gain_is_significant_paired_though_the_wilson_intervals_overlap():
+    from id3pm.evaluation.sar import success_rate
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(0.46, 0.06, 500)
+    after = before - 0.01 + rng.normal(0, 0.005, 500)  # every original a little closer
+    r = paired_comparison(before, after, threshold=0.5)
+    assert r["distance_change_ci95"][1] < 0 and r["mcnemar_p"] < 0.01 and r["accepted_only_before"] == 0
+    lo_after = success_rate(after, 0.5)["ci95"][0]
+    hi_before = success_rate(before, 0.5)["ci95"][1]
+    assert lo_after < hi_before  # unpaired, the two intervals overlap
+
+
+def test_align_pairs_the_originals_by_key_whatever_their_order():
+    keys_a, keys_b = np.array(["x", "y", "z"]), np.array(["z", "w", "x"])
+    keys, a, b = align(keys_a, np.array([1.0, 2.0, 3.0]), keys_b, np.array([30.0, 0.0, 10.0]))
+    assert keys.tolist() == ["x", "z"] and a.tolist() == [1.0, 3.0] and b.tolist() == [10.0, 30.0]
+    with pytest.raises(ValueError, match="share no originals"):
+        align(keys_a, np.zeros(3), np.array(["q"]), np.zeros(1))
+
+
+def _evaluation(folder: Path, keys, rows: dict, thresholds: dict) -> Path:
+    folder.mkdir()
+    np.savez(folder / "distances.npz", key=np.array(keys), **rows)
+    sar = {enc: {"fmr=0.01": {"threshold": t}} for enc, t in thresholds.items()}
+    (folder / "metrics.json").write_text(json.dumps({"sar_type1": {"model s=2": sar}}))
+    return folder
+
+
+def test_the_script_compares_rows_of_two_evaluation_folders(tmp_path):
+    keys = [f"id{i}" for i in range(4)]
+    old = _evaluation(tmp_path / "old", keys, {"model s=2 | conditioning": np.array([0.40, 0.60, 0.70, 0.30]),
+                                               "model s=2 | independent": np.array([0.30, 0.50, 0.45, 0.20])},
+                      {"conditioning": 0.542, "independent": 0.411})
+    new = _evaluation(tmp_path / "new", keys[::-1], {"raw s=2 | conditioning": np.array([0.31, 0.50, 0.50, 0.41]),
+                                                     "raw s=2 | independent": np.array([0.2, 0.4, 0.4, 0.3])},
+                      {"conditioning": 0.542, "independent": 0.411})
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_evals.py"), str(old), str(new),
+                          "--rows", "model s=2", "--after-row", "raw s=2", "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| model s=2 -> raw s=2 | conditioning | 0.500 | 0.430 | -0.0700" in out
+    results = json.loads((tmp_path / "r.json").read_text())
+    cond = results[0]
+    # before: accepted id0 (0.40), id3 (0.30); after (reversed keys): id0 0.41, id1 0.50, id2 0.50, id3 0.31
+    assert (cond["sar_before"], cond["sar_after"]) == (0.5, 1.0)
+    assert (cond["accepted_only_before"], cond["accepted_only_after"]) == (0, 2)
+    assert results[1]["encoder"] == "independent"
