@@ -17,54 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from id3pm.evaluation.paired import align, paired_comparison
-
-ENCODERS = ("conditioning", "independent")
-
-
-def load(folder: Path) -> tuple[dict, dict]:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    with np.load(folder / "distances.npz") as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    return metrics, arrays
-
-
-def threshold(metrics: dict, encoder: str, fmr: float) -> float:
-    """The threshold at this FMR, from the run's real impostor pairs (the same for every row)."""
-    first = next(iter(metrics["sar_type1"].values()))
-    return first[encoder][f"fmr={fmr:g}"]["threshold"]
-
-
-def compare(before: Path, after: Path, rows: list[str], after_row: str | None, fmr: float) -> list[dict]:
-    m_before, d_before = load(before)
-    _, d_after = load(after)
-    out = []
-    for row in rows:
-        other = after_row or row
-        for enc in ENCODERS:
-            a, b = f"{row} | {enc}", f"{other} | {enc}"
-            if a not in d_before or b not in d_after:
-                continue
-            _, x, y = align(d_before["key"], d_before[a], d_after["key"], d_after[b])
-            result = paired_comparison(x, y, threshold(m_before, enc, fmr))
-            out.append({"row": row if other == row else f"{row} -> {other}", "encoder": enc, **result})
-    if not out:
-        raise SystemExit(f"no row of {rows} is in both {before} and {after}")
-    return out
-
-
-def markdown(results: list[dict], fmr: float) -> str:
-    lines = [f"| row | encoder | dist before | after | change [95% CI] | SAR@{100 * fmr:g}% before | after "
-             "| only before | only after | McNemar p |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        low, high = r["distance_change_ci95"]
-        lines.append(f"| {r['row']} | {r['encoder']} | {r['distance_before']:.3f} | {r['distance_after']:.3f} "
-                     f"| {r['distance_change']:+.4f} [{low:+.4f}, {high:+.4f}] | {100 * r['sar_before']:.1f}% "
-                     f"| {100 * r['sar_after']:.1f}% | {r['accepted_only_before']} | {r['accepted_only_after']} "
-                     f"| {r['mcnemar_p']:.3g} |")
-    return "\n".join(lines)
+from id3pm.evaluation.paired import compare_evaluations, comparison_table
 
 
 def main() -> None:
@@ -77,8 +30,11 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     rows = args.rows[:1] if args.after_row else args.rows
-    results = compare(args.before, args.after, rows, args.after_row, args.fmr)
-    print(markdown(results, args.fmr))
+    try:
+        results = compare_evaluations(args.before, args.after, rows, args.after_row, args.fmr)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"compare_evals: {err}")
+    print(comparison_table(results, args.fmr))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

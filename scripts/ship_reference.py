@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from id3pm.evaluation import EvalConfig, Evaluation
+from id3pm.evaluation.paired import compare_evaluations, comparison_table
 from id3pm.hardware import cpu_description
 from id3pm.modeldir import load_model_dir, read_info, save_model_dir
 from id3pm.prior import prior_folder
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOG_HEADER = "## Training log of the reference model"
 # evaluation rows logged next to the model's
 BASELINE_ROWS = ["regression decoder", "nearest neighbour", "random training image"]
+COMPARED_ROWS = ["model s=1", "model s=2", "model s=4"]  # paired against the previous period
 
 
 def evaluate(model: Path, data: str, out: Path, limit: int, guidance: list[float]) -> dict:
@@ -59,6 +61,34 @@ def ship(run: Path, weights: Path, extra: dict) -> None:
         save_model_dir(prior_folder(tmp), prior, prior_info, max_shard_size="15MB", dtype=torch.float16)
     shutil.rmtree(weights, ignore_errors=True)
     tmp.rename(weights)
+
+
+def previous_evaluation(root: Path, current: Path, limit: int) -> Path | None:
+    """The newest earlier evaluation of the shipped model's rows on a holdout sample of the
+    same size (the sample is fixed by its size), for a paired comparison with this one."""
+    found = []
+    for folder in root.iterdir() if root.is_dir() else []:
+        if folder.resolve() == current.resolve() or not (folder / "distances.npz").exists():
+            continue
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if metrics.get("config", {}).get("limit") == limit and "model s=2" in metrics.get("sar_type1", {}):
+            found.append(((folder / "metrics.json").stat().st_mtime, folder))
+    return max(found)[1] if found else None
+
+
+def print_comparison(before: Path | None, after: Path) -> None:
+    """Paired against the previous period (src/id3pm/evaluation/paired.py): it only informs,
+    so a failure says why and the shipping goes on."""
+    if before is None:
+        print("no earlier evaluation of this holdout sample to compare with")
+        return
+    try:
+        print(f"paired against {before}:\n{comparison_table(compare_evaluations(before, after, COMPARED_ROWS))}")
+    except (ValueError, OSError, KeyError) as err:
+        print(f"no paired comparison with {before}: {err}")
 
 
 def log_columns(metrics: dict) -> list[str]:
@@ -131,6 +161,7 @@ def main() -> None:
 
     out = args.eval_out / datetime.datetime.now().strftime("%Y%m%d-%H%M")
     model = args.measure or args.run / "model"
+    before = previous_evaluation(args.eval_out, out, args.limit)
     metrics = evaluate(model, args.data, out, args.limit, args.guidance)
     info = read_info(model)
     names = {"conditioning": info["encoder"]["name"], "independent": "faceres"}
@@ -149,6 +180,7 @@ def main() -> None:
     print((out / "report.md").read_text())
     print(row)
     print(json.dumps(extra["thresholds"]))
+    print_comparison(before, out)
     print(f"{'measured' if args.measure else 'shipped'} {model}; evaluation in {out}")
 
 

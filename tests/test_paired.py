@@ -84,3 +84,32 @@ def test_the_script_compares_rows_of_two_evaluation_folders(tmp_path):
     assert (cond["sar_before"], cond["sar_after"]) == (0.5, 1.0)
     assert (cond["accepted_only_before"], cond["accepted_only_after"]) == (0, 2)
     assert results[1]["encoder"] == "independent"
+
+
+def test_ship_reference_compares_with_the_newest_earlier_evaluation_of_the_same_sample(tmp_path, capsys):
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("ship_reference", ROOT / "scripts" / "ship_reference.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    keys = ["a", "b"]
+    rows = {"model s=2 | conditioning": np.array([0.5, 0.6])}
+    thr = {"conditioning": 0.542}
+    for i, name in enumerate(["p10", "p11", "other-size", "raw"]):
+        folder = _evaluation(tmp_path / name, keys, rows if name != "raw" else {"raw s=2 | conditioning": np.ones(2)},
+                             thr)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["config"] = {"limit": 200 if name == "other-size" else 500}
+        if name == "raw":
+            metrics["sar_type1"] = {"raw s=2": metrics["sar_type1"]["model s=2"]}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        os.utime(folder / "metrics.json", (1000 + i, 1000 + i))
+    assert ship.previous_evaluation(tmp_path, tmp_path / "new", 500) == tmp_path / "p11"
+    assert ship.previous_evaluation(tmp_path, tmp_path / "p11", 500) == tmp_path / "p10"
+    assert ship.previous_evaluation(tmp_path / "none", tmp_path / "new", 500) is None
+    new = _evaluation(tmp_path / "new", keys, {"model s=2 | conditioning": np.array([0.5, 0.5])}, thr)
+    ship.print_comparison(tmp_path / "p11", new)
+    assert "| model s=2 | conditioning | 0.550 | 0.500 | -0.0500" in capsys.readouterr().out
+    ship.print_comparison(tmp_path / "raw", new)  # nothing in common: said, not raised
+    assert "no paired comparison with" in capsys.readouterr().out

@@ -13,9 +13,13 @@ between-identity spread:
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+
+ENCODERS = ("conditioning", "independent")
 
 
 def mcnemar_exact_p(only_before: int, only_after: int) -> float:
@@ -64,3 +68,51 @@ def align(keys_a: np.ndarray, values_a: np.ndarray, keys_b: np.ndarray, values_b
         raise ValueError("the two evaluations share no originals (different data or holdout sample)")
     ia, ib = (np.array(c) for c in zip(*common))
     return keys_a[ia], values_a[ia], values_b[ib]
+
+
+
+def load_evaluation(folder: Path) -> tuple[dict, dict]:
+    """(metrics.json, {row | encoder: distances, "key": originals}) of an `evaluate` folder."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    with np.load(folder / "distances.npz") as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    return metrics, arrays
+
+
+def threshold(metrics: dict, encoder: str, fmr: float) -> float:
+    """The threshold at this FMR, from the run's real impostor pairs (the same for every row)."""
+    first = next(iter(metrics["sar_type1"].values()))
+    return first[encoder][f"fmr={fmr:g}"]["threshold"]
+
+
+def compare_evaluations(before: Path, after: Path, rows: list[str], after_row: str | None = None,
+                        fmr: float = 0.01) -> list[dict]:
+    """One paired comparison per row and encoder that both folders hold, at the BEFORE
+    run's threshold; after_row: the second folder's name for the first of `rows`."""
+    m_before, d_before = load_evaluation(before)
+    _, d_after = load_evaluation(after)
+    out = []
+    for row in rows:
+        other = after_row or row
+        for enc in ENCODERS:
+            a, b = f"{row} | {enc}", f"{other} | {enc}"
+            if a not in d_before or b not in d_after:
+                continue
+            _, x, y = align(d_before["key"], d_before[a], d_after["key"], d_after[b])
+            result = paired_comparison(x, y, threshold(m_before, enc, fmr))
+            out.append({"row": row if other == row else f"{row} -> {other}", "encoder": enc, **result})
+    if not out:
+        raise ValueError(f"no row of {rows} is in both {before} and {after}")
+    return out
+
+
+def comparison_table(results: list[dict], fmr: float = 0.01) -> str:
+    lines = [f"| row | encoder | dist before | after | change [95% CI] | SAR@{100 * fmr:g}% before | after "
+             "| only before | only after | McNemar p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        low, high = r["distance_change_ci95"]
+        lines.append(f"| {r['row']} | {r['encoder']} | {r['distance_before']:.3f} | {r['distance_after']:.3f} "
+                     f"| {r['distance_change']:+.4f} [{low:+.4f}, {high:+.4f}] | {100 * r['sar_before']:.1f}% "
+                     f"| {100 * r['sar_after']:.1f}% | {r['accepted_only_before']} | {r['accepted_only_after']} "
+                     f"| {r['mcnemar_p']:.3g} |")
+    return "\n".join(lines)
