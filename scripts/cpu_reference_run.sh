@@ -21,7 +21,9 @@ RUN="${RUN:-$HOME/.cache/id3pm/runs/reference32p}"
 SHIPPED="${SHIPPED:-$ROOT/weights/id3pm-utkface-32}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 
-minutes=$(( ( $(date -u -d "$UNTIL" +%s) - $(date -u +%s) ) / 60 ))
+end=$(date -u -d "$UNTIL" +%s)
+if [ "$end" -le "$(date -u +%s)" ]; then end=$(( end + 86400 )); fi   # past midnight (UTC)
+minutes=$(( ( end - $(date -u +%s) ) / 60 ))
 if [ "$minutes" -lt 2 ]; then echo "cpu_reference_run: $UNTIL is less than 2 minutes away" >&2; exit 1; fi
 mkdir -p "$RUN"
 INIT=()
