@@ -3,8 +3,8 @@
 # next (docs/reference-model.md). Start it in the first minutes of a period:
 #
 #   bash scripts/cpu_reference_run.sh 20:12      # train in the background until 20:12 (UTC)
-#   COOLDOWN=40 bash scripts/cpu_reference_run.sh 20:12   # ... and decay the learning rate
-#                                                          # linearly to 0 over its last 40 minutes
+#   COOLDOWN=25 bash scripts/cpu_reference_run.sh 20:12   # ... and decay the learning rate
+#                                                          # linearly to 0 over its last 25 minutes
 #
 # - Resumes exactly from $RUN/checkpoint when it exists (optimizer, EMA, step); otherwise
 #   warm-starts from the shipped weights when they exist; otherwise starts from scratch.
@@ -35,8 +35,9 @@ fi
 PRIOR="${PRIOR:-}"
 if [ -z "$PRIOR" ] && [ -e "$SHIPPED/prior/id3pm.json" ]; then PRIOR="$SHIPPED/prior"; fi
 if [ -n "$PRIOR" ]; then INIT+=(--prior "$PRIOR"); fi
-# A learning-rate cool-down before the weights ship (0: none); the next period warms up again.
-COOLDOWN="${COOLDOWN:-0}"
+# A learning-rate cool-down before the weights ship: 40 min, or a third of a shorter run
+# (period 12 measured it; docs/results.md); COOLDOWN=0 for none. The next period warms up again.
+COOLDOWN="${COOLDOWN:-$(( minutes >= 120 ? 40 : minutes / 3 ))}"
 # The run's settings: keep them identical from period to period (a resume takes the
 # network from the checkpoint; these decide the rest).
 setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" \

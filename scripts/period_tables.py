@@ -40,7 +40,7 @@ def method_table(metrics: dict) -> list[str]:
         cells = []
         for enc in ("conditioning", "independent"):
             sar = metrics["sar_type1"][key][enc]
-            cells += [f"{metrics['identity'][key][enc]['mean']:.3f}", percent(sar["fmr=0.01"], key in WITH_CI),
+            cells += [f"{metrics['identity'][key][enc]['mean'] + 0.0:.3f}".replace("-0.000", "0.000"), percent(sar["fmr=0.01"], key in WITH_CI),
                       percent(sar["fmr=0.001"], False)]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines

@@ -45,7 +45,7 @@ def test_the_launcher_warm_starts_a_fresh_machine_resumes_otherwise_and_passes_t
     fresh = _launch(tmp_path, run, shipped, cooldown=None)
     assert fresh[:4] == ["-m", "id3pm.cli", "train", str(tmp_path / "data")]
     assert _flag(fresh, "--init-from") == str(shipped) and _flag(fresh, "--prior") == str(shipped / "prior")
-    assert 88 <= int(_flag(fresh, "--max-minutes")) <= 90 and _flag(fresh, "--lr-cooldown-minutes") == "0"
+    assert 88 <= int(_flag(fresh, "--max-minutes")) <= 90 and _flag(fresh, "--lr-cooldown-minutes") in ("29", "30")  # a third
     (run / "checkpoint").mkdir()
     (run / "checkpoint" / "state.json").write_text("{}")
     resumed = _launch(tmp_path, run, shipped, cooldown="40")
