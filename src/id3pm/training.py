@@ -285,7 +285,6 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tb"))
         self.window = LogWindow(self.device)
         self.budget: Budget | None = None  # set by run(); the learning-rate cool-down reads its clock
-        self.cooled = False  # whether a step of this process ran at a cooled-down learning rate
 
     @property
     def is_main(self) -> bool:
@@ -359,6 +358,11 @@ class Trainer:
         seconds_left = self.budget.seconds_left() if self.budget is not None else math.inf
         return scheduled_lr(self.cfg, step, self.state.get("warmup_from", 0), seconds_left)
 
+    def cooling(self) -> bool:
+        """Whether the learning-rate cool-down has begun (it lasts until the run ends)."""
+        return (self.cfg.lr_cooldown_minutes > 0 and self.budget is not None
+                and self.budget.seconds_left() < self.cfg.lr_cooldown_minutes * 60)
+
     def ema_model(self) -> IDConditionedUNet:
         m = copy.deepcopy(self.model).float()
         m.load_state_dict(self.ema)
@@ -373,7 +377,7 @@ class Trainer:
         # info and network config inside the checkpoint, not beside it: a resume reads them
         # a run whose learning rate was cooled down warms it up again from where it resumes:
         # jumping from ~0 back to the full rate would undo the cool-down's gain in a few steps
-        warmup_from = self.state["step"] if self.cooled else self.state.get("warmup_from", 0)
+        warmup_from = self.state["step"] if self.cooling() else self.state.get("warmup_from", 0)
         state = {**self.state, "warmup_from": warmup_from, "config": asdict(self.cfg)}
         save_checkpoint(ckpt, self.model, self.ema, self.optimizer, state,
                         extra_json={"info.json": self.info, "model_config.json": dict(self.model.config)})
@@ -433,11 +437,8 @@ class Trainer:
         cfg, step = self.cfg, self.state["step"]
         rnd = StepRandom(cfg.seed, step, self.rank, self.device)
         batch = batch_from(self.train_set, self.order.indices(step, self.rank, self.world), self.device)
-        lr = self.lr_at(step)
-        uncooled = scheduled_lr(self.cfg, step, self.state.get("warmup_from", 0), math.inf)
-        self.cooled = self.cooled or lr < 0.999 * uncooled
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.lr_at(step)
         with self.accelerator.autocast():
             losses = step_loss(cfg, self.train_model, self.diffusion, batch, rnd, self.info)
         loss = losses["loss"].mean()
