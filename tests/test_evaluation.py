@@ -164,26 +164,36 @@ def test_verification_on_real_orl_pairs_and_random_baseline(encoder):
     assert 0.35 < acc < 0.65
 
 
-def test_evaluate_end_to_end(tmp_path):
-    """Plumbing with real dlib vectors: astronaut variants, an untrained dlib-conditioned
-    model, baselines, a pairs CSV; the report has every section."""
+def astronaut_set_and_model(tmp_path, seed: int = 0):
+    """A prepared set of 9 astronaut variants (real dlib vectors) and an untrained
+    dlib-conditioned 32 px model: (photos folder, prepared folder, model folder, net, info)."""
     from id3pm.data import PrepareConfig, prepare
     from id3pm.modeldir import save_model_dir
     from id3pm.models import IDConditionedUNet
 
     src = tmp_path / "photos"
-    src.mkdir()
-    astro = skdata.astronaut()
-    for i in range(9):  # a2, a6, a8 fall in the holdout half (hash of the name)
-        shifted = np.roll(astro, 10 * i, axis=1)
-        Image.fromarray(np.ascontiguousarray(shifted if i % 2 else shifted[:, ::-1])).save(src / f"a{i}.png")
-    prepare(PrepareConfig(src=str(src), out=str(tmp_path / "prep"), sizes=(32,), holdout=0.5, workers=1), progress=False)
-    torch.manual_seed(0)
+    if not src.exists():
+        src.mkdir()
+        astro = skdata.astronaut()
+        for i in range(9):  # a2, a6, a8 fall in the holdout half (hash of the name)
+            shifted = np.roll(astro, 10 * i, axis=1)
+            Image.fromarray(np.ascontiguousarray(shifted if i % 2 else shifted[:, ::-1])).save(src / f"a{i}.png")
+        prepare(PrepareConfig(src=str(src), out=str(tmp_path / "prep"), sizes=(32,), holdout=0.5, workers=1), progress=False)
+    torch.manual_seed(seed)
     net = IDConditionedUNet(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=32,
                             norm_num_groups=8, attention_resolutions=(16,), id_dim=128, dropout=0.0)
     info = {"task": "base", "image_size": 32, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
             "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
     model = save_model_dir(tmp_path / "model", net, info)
+    return src, tmp_path / "prep", model, net, info
+
+
+def test_evaluate_end_to_end(tmp_path):
+    """Plumbing with real dlib vectors: astronaut variants, an untrained dlib-conditioned
+    model, baselines, a pairs CSV; the report has every section."""
+    from id3pm.modeldir import save_model_dir
+
+    src, _, model, net, info = astronaut_set_and_model(tmp_path)
     # an attacker who knows the protection scheme: a model on protected vectors (untrained: plumbing)
     protected = {"name": "protected", "encoder": {"name": "dlib"}, "transform": "orthonormal", "key": 3}
     aware = save_model_dir(tmp_path / "aware", net, {**info, "encoder": protected})
@@ -248,6 +258,41 @@ def test_evaluate_end_to_end(tmp_path):
     assert any(re.search(r"biohash bits=128 key=5 · aware: untrained s=1 via preimage: a pool of \d plain vectors "
                          r"cannot fit a 128-d preimage", n) for n in m["notes"]), m["notes"]
     assert "## Protected templates" in attack and "biohash bits=128 key=5 · unaware: nearest neighbour" in attack
+
+
+def test_a_rerun_into_the_same_folder_samples_only_the_rows_it_lacks(tmp_path, monkeypatch):
+    """Rows are kept in OUT/rows: adding --queries 3 to a finished run samples only the
+    N=3 rows, the others come back image for image; a model overwritten with other
+    weights in the same folder is another model, sampled again."""
+    import id3pm.refine
+
+    _, prep, model, net, info = astronaut_set_and_model(tmp_path)
+    calls = []
+    real_refine = id3pm.refine.query_refine
+    monkeypatch.setattr(id3pm.refine, "query_refine", lambda pipe, v, queries, **kw: calls.append(queries) or
+                        real_refine(pipe, v, queries, **kw))
+    args = ["evaluate", "--model", f"m={model}", "--data", str(prep), "--limit", "2", "--independent", "",
+            "--steps", "2", "--diversity-ids", "0", "--baselines", "", "--search", "best_of_n",
+            "--out", str(tmp_path / "eval"), "--device", "cpu", "--queries"]
+    assert main(args + ["2"]) == 0
+    first = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert calls == [2] and len(list((tmp_path / "eval" / "rows").glob("*.npz"))) == 2  # s=2 and best_of_n N=2
+    assert main(args + ["2", "3"]) == 0
+    second = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert calls == [2, 3]  # the N=2 row was not sampled again
+    for row in ("m s=2", "m s=2 best_of_n N=2"):
+        assert second["identity"][row] == first["identity"][row]
+        assert second["cost"][row] == first["cost"][row]  # its cost is the first run's
+    assert second["cost"]["m s=2 best_of_n N=3"]["queries_per_identity"] == 3
+    from id3pm.modeldir import save_model_dir
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_model_dir(model, net, info)  # new weights, same folder
+    assert main(args + ["2"]) == 0
+    assert calls == [2, 3, 2]
 
 
 def test_a_pairs_limit_takes_pairs_from_every_fold_and_one_fold_is_a_clear_error():

@@ -32,6 +32,11 @@ class GenerativeMethod:
                         progress=True)
         return out.images
 
+    def settings(self) -> dict:
+        """What, beside the model's files, decides its reconstructions (the row cache's key)."""
+        return {"class": "generative", "guidance_scale": self.guidance_scale, "steps": self.steps,
+                "sampler": self.sampler}
+
 
 class RefinedMethod:
     """A model plus `queries` black-box queries per identity at inversion time
@@ -54,6 +59,10 @@ class RefinedMethod:
                            seed=seed, batch_size=self.batch_size, progress=True)
         self.spent += out.queries.tolist()
         return out.images
+
+    def settings(self) -> dict:
+        return {"class": "refined", "queries": self.queries, "search": self.search, "judge": self.judge.spec(),
+                "guidance_scale": self.guidance_scale, "steps": self.steps, "sampler": self.sampler}
 
 
 class NearestNeighbour:

@@ -23,6 +23,7 @@ from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, Rando
 from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
 from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet
 from id3pm.evaluation.report import render_attack_report, render_report
+from id3pm.evaluation.rowcache import RowCache, folder_digest
 from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.scoring import encode_all, summary
 from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc, spread_over_folds
@@ -107,6 +108,7 @@ class Evaluation:
         self.ind = make_encoder(parse_encoder_spec(cfg.independent)) if cfg.independent else None
         self.encoders = [("conditioning", self.cond)] + ([("independent", self.ind)] if self.ind else [])
         self.methods = self._methods()
+        self.row_cache, self.model_digests = RowCache(self.out / "rows"), {}
 
     # -- methods -----------------------------------------------------------------------
     def _train_pool(self):
@@ -161,11 +163,9 @@ class Evaluation:
         rows = {"real (original crop)": crops}
         cost = {}
         for m in self.methods:
-            start, before = time.time(), len(getattr(m, "spent", []))
-            rows[m.name] = m.reconstruct(vectors, 1, self.cfg.seed)[:, 0]
-            spent = getattr(m, "spent", [])[before:]
+            rows[m.name], spent, seconds = self.reconstruct_row(m, idx, vectors)
             cost[m.name] = {"queries_per_identity": float(np.mean(spent)) if spent else 0.0,
-                            "seconds_per_identity": (time.time() - start) / len(idx)}
+                            "seconds_per_identity": seconds / len(idx)}
         self.metrics["cost"] = cost
         for name, images in rows.items():
             self.recons[name] = images
@@ -181,6 +181,28 @@ class Evaluation:
         self.metrics["sar_type1"] = self.sar_type1(*self.population)
         self.metrics["timing"]["identity_seconds_per_100"] = (time.time() - t0) / len(idx) * 100
         return {name: {enc: summary(v) for enc, v in entry.items()} for name, entry in results.items()}
+
+    def reconstruct_row(self, m, idx: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, list[int], float]:
+        """One reconstruction per original: (images, queries spent per identity, seconds).
+        A model's row is kept in OUT/rows (id3pm.evaluation.rowcache), so a rerun into the
+        same folder samples only the rows it has not finished."""
+        key = None
+        if hasattr(m, "settings") and getattr(m.pipe, "model_path", None):
+            path = m.pipe.model_path
+            if path not in self.model_digests:
+                self.model_digests[path] = folder_digest(path)
+            key = {**m.settings(), "model": self.model_digests[path], "seed": self.cfg.seed,
+                   "originals": [str(k) for k in np.array(self.data.keys)[idx]]}
+            found = self.row_cache.get(key)
+            if found is not None:
+                tqdm.write(f"{m.name}: reusing the finished row in {self.row_cache.folder}")
+                return found
+        start, before = time.time(), len(getattr(m, "spent", []))
+        images = m.reconstruct(vectors, 1, self.cfg.seed)[:, 0]
+        spent, seconds = getattr(m, "spent", [])[before:], time.time() - start
+        if key is not None:
+            self.row_cache.put(key, images, spent, seconds)
+        return images, spent, seconds
 
     def threshold_population(self, idx: np.ndarray, vectors: np.ndarray, ind_orig: np.ndarray | None):
         """Vectors of up to threshold_ids real images of the split under both encoders: the
