@@ -111,6 +111,46 @@ def test_prepare_stores_protected_templates(tmp_path):
     np.testing.assert_allclose(stored, Orthonormal(16, key=2)(Y[:4])[order], atol=1e-6)
 
 
+@pytest.mark.parametrize("transform", [{"transform": "biohash", "key": 7, "bits": 12},
+                                       {"transform": "noise", "snr_db": 10.0, "key": 3}])
+def test_a_set_protected_from_stored_vectors_is_the_set_prepare_writes(tmp_path, transform, capsys):
+    """`id3pm protect` computes t(f(x)) from the stored f(x) instead of running the FR
+    model again: vectors, encoder spec, id_dim, distance and crops equal those of
+    `prepare --encoder protected:...` on the same photos."""
+    from conftest import distinct_images
+    from PIL import Image
+
+    from id3pm.cli import main
+    from id3pm.data import PrepareConfig, PreparedDataset, prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    keys = [f"img{i}.png" for i in range(6)]
+    for key, img in zip(keys, distinct_images(6, 8)):
+        Image.fromarray(img).save(src / key)
+    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=Y[:6])
+    plain = {"name": "table", "path": str(tmp_path / "v.npz")}
+    common = dict(src=str(src), sizes=(8,), holdout=0.3, workers=1, aligned=True, image_format="png", chunk=4)
+    prepare(PrepareConfig(out=str(tmp_path / "plain"), encoder=plain, **common), progress=False)
+    prepare(PrepareConfig(out=str(tmp_path / "direct"), encoder={"name": "protected", "encoder": plain, **transform},
+                          **common), progress=False)
+    spec = ",".join(f"{k}={v}" for k, v in transform.items() if k != "transform")
+    assert main(["protect", str(tmp_path / "plain"), str(tmp_path / "derived"), "--transform",
+                 f"{transform['transform']}:{spec}"]) == 0
+    direct, derived = PreparedDataset(tmp_path / "direct"), PreparedDataset(tmp_path / "derived")
+    assert derived.keys == direct.keys and len(list((tmp_path / "derived" / "shards").glob("*.parquet"))) == 2
+    np.testing.assert_array_equal(derived.vectors(), direct.vectors())
+    for k in ("encoder", "id_dim", "distance", "counts"):
+        assert derived.manifest[k] == direct.manifest[k], k
+    np.testing.assert_array_equal(derived.images(8), direct.images(8))
+    assert np.array_equal(derived.split_indices("holdout"), direct.split_indices("holdout"))
+    # a protected set is not protected twice, and a folder of another scheme is not mixed into
+    assert main(["protect", str(tmp_path / "derived"), str(tmp_path / "twice"), "--transform", "orthonormal:key=1"]) == 2
+    assert "already protected" in capsys.readouterr().err
+    assert main(["protect", str(tmp_path / "plain"), str(tmp_path / "derived"), "--transform", "orthonormal:key=1"]) == 2
+    assert "use a new folder" in capsys.readouterr().err
+
+
 def test_a_real_dlib_template_keeps_its_matches_under_rotation():
     from skimage import data as skdata
 
@@ -125,3 +165,33 @@ def test_a_real_dlib_template_keeps_its_matches_under_rotation():
     np.testing.assert_allclose(b, Orthonormal(128, key=11)(a[:1]), atol=1e-5)
     plain_c = plain.encode([crop], aligned=True).vectors
     np.testing.assert_allclose(identity_distance(b, c), identity_distance(a[:1], plain_c), atol=1e-5)
+
+
+def test_a_model_warm_started_on_protected_templates_learns_to_invert_them(trained_tiny, tmp_path):
+    """The aware attacker: a tiny model trained on plain vectors, fine-tuned on the BioHash
+    codes of the same images (`id3pm protect`, then `train --init-from`). It takes the
+    codes' scale (id_scale: entries O(1) before the Linear) and generates, for each code,
+    the image it protects."""
+    from conftest import TINY_TRAIN, distinct_images, make_tiny_prepared, pooled
+
+    from id3pm.data.protect import protect_prepared
+    from id3pm.modeldir import load_model_dir
+    from id3pm.pipeline import ID3PMPipeline
+    from id3pm.training import TrainConfig, train
+
+    model_dir, _, vectors = trained_tiny
+    prepared = make_tiny_prepared(tmp_path / "d", size=8)[0]  # the same images and vectors as trained_tiny
+    protect_prepared(prepared, tmp_path / "bio", {"transform": "biohash", "key": 1})
+    codes = BioHash(8, key=1)(vectors)
+    assert len({tuple(c) for c in codes}) == 4
+    train(TrainConfig(out=str(tmp_path / "aware"), data=str(tmp_path / "bio"), init_from=str(model_dir), max_steps=400,
+                      save_every=400, **TINY_TRAIN))
+    plain_net, _ = load_model_dir(model_dir)
+    aware = ID3PMPipeline.from_pretrained(tmp_path / "aware" / "model", device="cpu")
+    assert aware.info["encoder"]["transform"] == "biohash" and aware.model.config.id_scale == pytest.approx(1.0)
+    assert plain_net.config.id_scale == pytest.approx(np.sqrt(8) / np.linalg.norm(vectors, axis=1).mean(), rel=1e-5)
+    out = aware(codes, num_images_per_id=2, seed=0, num_inference_steps=20).images
+    targets = pooled(np.stack(distinct_images(4, 8)))
+    for i in range(4):
+        for j in range(2):
+            assert ((targets - pooled(out[i, j])) ** 2).mean(axis=(1, 2, 3)).argmin() == i

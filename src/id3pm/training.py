@@ -312,12 +312,14 @@ class Trainer:
                 from id3pm.modeldir import load_model_dir
 
                 src, src_info = load_model_dir(cfg.init_from)
-                differs = config_differences(src, model)
+                # id_scale stays this data's: warm-started on another encoder's vectors (an aware
+                # attacker's protected templates), y's entries must still reach the Linear as O(1)
+                differs = config_differences(src, model) - {"id_scale"}
                 if differs == {"extra_cond_channels"}:  # a model without the prior, widened to take it
                     widen_input_channels(model, src.state_dict())
                 else:
                     if differs:
-                        model = IDConditionedUNet.from_config(src.config)
+                        model = IDConditionedUNet.from_config({**src.config, "id_scale": model.config.id_scale})
                     model.load_state_dict(src.state_dict())
                 self.info["warm_start"] = {"from": cfg.init_from, "previous_training": src_info.get("training")}
         self.model = model.to(self.device)

@@ -1,4 +1,4 @@
-"""`id3pm prepare` and `id3pm train`."""
+"""`id3pm prepare`, `id3pm protect` and `id3pm train`."""
 
 from __future__ import annotations
 
@@ -54,6 +54,24 @@ def _prepare_flags(p):
     p.add_argument("--multiple-faces", default="error", choices=["error", "largest"])
     p.add_argument("--limit", type=int, help="only the first N files")
     p.add_argument("--aligned", action="store_true", help="photos are already canonical crops: skip detection")
+
+
+@command("protect", "derive a prepared set of protected templates from a prepared plain set (no FR queries)")
+def cmd_protect(args):
+    from id3pm.data.protect import protect_prepared
+    from id3pm.evaluation.evaluate import parse_protection
+
+    m = protect_prepared(args.src, args.out, parse_protection(args.transform))
+    print(f"{args.out}: {m['counts']['train']} train, {m['counts']['holdout']} holdout templates of {m['encoder']}")
+    return 0
+
+
+@flags_of("protect")
+def _protect_flags(p):
+    p.add_argument("src", help="prepared set of plain vectors (id3pm prepare)")
+    p.add_argument("out", help="output folder: the same crops and labels, protected templates")
+    p.add_argument("--transform", required=True, help="orthonormal:key=7 | biohash:key=7[,bits=64] | "
+                   "noise:snr_db=10,key=7 | pca:path=BASIS.npz,k=32")
 
 
 @command("train", "train a model on a prepared data set")
