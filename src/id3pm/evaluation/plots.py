@@ -45,14 +45,32 @@ def reconstruction_sheet(recons: dict, path: Path, n: int = 8) -> None:
 
 
 def attack_plot(metrics: dict, path: Path) -> None:
-    """SAR at FMR 1% against black-box queries per identity: one line per search and
-    encoder; the model without queries sits at 1 (best-of-1 is the plain sample)."""
+    """SAR against black-box queries per identity, one panel per FMR (1% and 0.1%: a
+    strong model saturates the queried encoder at 1%), one line per search and encoder;
+    the model without queries sits at 1 (best-of-1 is the plain sample)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sar = metrics["sar_type1"]
+    fmrs = [("fmr=0.01", "1%"), ("fmr=0.001", "0.1%")]
+    fig, axes = plt.subplots(1, len(fmrs), figsize=(11, 4), sharey=True)
+    for ax, (fmr, label) in zip(axes, fmrs):
+        _attack_panel(ax, metrics["sar_type1"], fmr)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("black-box queries per identity (1 = no queries)")
+        ax.set_ylabel(f"type-I SAR at FMR {label} (%)")
+        ax.set_title(f"FMR {label} (grey: retrieval / random baselines)", fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("SAR against queries (solid: the queried encoder; dashed: the independent one, never queried)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _attack_panel(ax, sar: dict, fmr: str) -> None:
     lines: dict[tuple[str, str], dict[float, float]] = {}
     for name, per in sar.items():
         head, sep, n = name.rpartition(" N=")  # "model s=2 renoise N=16"
@@ -61,10 +79,9 @@ def attack_plot(metrics: dict, path: Path) -> None:
         base, _, search = head.rpartition(" ")
         for enc, table in per.items():
             points = lines.setdefault((search, enc), {})
-            points[float(n)] = 100 * table["fmr=0.01"]["sar"]
+            points[float(n)] = 100 * table[fmr]["sar"]
             if base in sar:  # the same model without queries
-                points.setdefault(1.0, 100 * sar[base][enc]["fmr=0.01"]["sar"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+                points.setdefault(1.0, 100 * sar[base][enc][fmr]["sar"])
     for (search, enc), points in sorted(lines.items()):
         if points:
             xs, ys = zip(*sorted(points.items()))
@@ -72,14 +89,5 @@ def attack_plot(metrics: dict, path: Path) -> None:
     for name in sar:  # the non-generative rows as horizontal references
         if name.startswith(("nearest", "random")):
             for enc, table in sar[name].items():
-                ax.axhline(100 * table["fmr=0.01"]["sar"], color="grey", linestyle=":" if enc == "conditioning" else "-.",
+                ax.axhline(100 * table[fmr]["sar"], color="grey", linestyle=":" if enc == "conditioning" else "-.",
                            linewidth=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("black-box queries per identity (1 = no queries)")
-    ax.set_ylabel("type-I SAR at FMR 1% (%)")
-    ax.set_title("SAR against queries (grey: retrieval / random baselines)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
