@@ -260,6 +260,28 @@ def test_evaluate_end_to_end(tmp_path):
     assert "## Protected templates" in attack and "biohash bits=128 key=5 · unaware: nearest neighbour" in attack
 
 
+def test_a_kept_row_comes_back_only_under_its_own_key(tmp_path):
+    from id3pm.evaluation.rowcache import RowCache, folder_digest
+
+    cache = RowCache(tmp_path / "rows")
+    key = {"class": "refined", "queries": 4, "model": "abc", "originals": ["a.png", "b.png"], "seed": 0}
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert cache.get(key) is None
+    cache.put(key, images, [4, 4], 12.5)
+    got, spent, seconds = cache.get(dict(reversed(list(key.items()))))  # key order does not matter
+    np.testing.assert_array_equal(got, images)
+    assert spent == [4, 4] and seconds == 12.5
+    assert cache.get({**key, "seed": 1}) is None and cache.get({**key, "originals": ["a.png"]}) is None
+    path = next((tmp_path / "rows").glob("*.npz"))
+    path.write_bytes(path.read_bytes()[:100])  # torn by a crash: made again, not a traceback
+    assert cache.get(key) is None
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.safetensors").write_bytes(b"1")
+    first = folder_digest(tmp_path / "m")
+    (tmp_path / "m" / "w.safetensors").write_bytes(b"2")
+    assert folder_digest(tmp_path / "m") != first
+
+
 def test_a_rerun_into_the_same_folder_samples_only_the_rows_it_lacks(tmp_path, monkeypatch):
     """Rows are kept in OUT/rows: adding --queries 3 to a finished run samples only the
     N=3 rows, the others come back image for image; a model overwritten with other

@@ -59,7 +59,7 @@ def _prepare_flags(p):
 @command("protect", "derive a prepared set of protected templates from a prepared plain set (no FR queries)")
 def cmd_protect(args):
     from id3pm.data.protect import protect_prepared
-    from id3pm.evaluation.evaluate import parse_protection
+    from id3pm.encoders.protected import parse_protection
 
     m = protect_prepared(args.src, args.out, parse_protection(args.transform))
     print(f"{args.out}: {m['counts']['train']} train, {m['counts']['holdout']} holdout templates of {m['encoder']}")

@@ -152,6 +152,14 @@ def fit_pca(vectors: np.ndarray, path: str | Path) -> Path:
 TRANSFORMS = {cls.name: cls for cls in (Orthonormal, BioHash, AdditiveNoise, PCATruncation)}
 
 
+def parse_protection(text: str) -> dict:
+    """"biohash:key=7,bits=64" -> {"transform": "biohash", "key": 7, "bits": 64}."""
+    from id3pm.encoders import parse_encoder_spec
+
+    spec = parse_encoder_spec(text)
+    return {"transform": spec.pop("name"), **spec}
+
+
 class ProtectedEncoder(Encoder):
     """Any encoder, followed by a template transform."""
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from id3pm.data import PreparedDataset
 from id3pm.encoders import identity_distance, make_encoder, parse_encoder_spec
+from id3pm.encoders.protected import parse_protection
 from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, RefinedMethod, at_size
 from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
 from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet
@@ -65,12 +66,6 @@ class EvalConfig:
     searches: list[str] = field(default_factory=lambda: ["best_of_n", "renoise"])  # how the queries are spent
     report: str = ""  # "attack": also attack.md / attack.png (SAR against queries)
     protections: list[str] = field(default_factory=list)  # template transforms to attack, e.g. "biohash:key=7"
-
-
-def parse_protection(text: str) -> dict:
-    """"biohash:key=7,bits=64" -> {"transform": "biohash", "key": 7, "bits": 64}."""
-    spec = parse_encoder_spec(text)
-    return {"transform": spec.pop("name"), **spec}
 
 
 class Evaluation:

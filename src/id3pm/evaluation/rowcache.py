@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class RowCache:
                 if json.loads(str(z["key"])) != json.loads(json.dumps(key)):
                     return None
                 return z["images"], z["spent"].tolist(), float(z["seconds"])
-        except (OSError, ValueError, KeyError):  # a torn or foreign file: make the row again
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # torn or foreign: make it again
             return None
 
     def put(self, key: dict, images: np.ndarray, spent: list[int], seconds: float) -> None:
