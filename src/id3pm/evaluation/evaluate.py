@@ -187,6 +187,7 @@ class Evaluation:
             if path not in self.model_digests:
                 self.model_digests[path] = folder_digest(path)
             key = {**m.settings(), "model": self.model_digests[path], "seed": self.cfg.seed,
+                   "precision": m.pipe.precision, "device": m.pipe.device.type,  # bf16 / GPU samples differ
                    "originals": [str(k) for k in np.array(self.data.keys)[idx]]}
             found = self.row_cache.get(key)
             if found is not None:
