@@ -88,20 +88,26 @@ def test_the_wrapper_protects_what_the_black_box_returns_and_rebuilds_from_its_s
         make_encoder({**spec, "transform": "rot13"})
 
 
-def test_prepare_stores_protected_templates(tmp_path):
+def photos_with_table_vectors(tmp_path, n: int):
+    """n distinct 8x8 photos in tmp_path/src and a table encoder giving photo i the vector
+    Y[i]: (src folder, file names, encoder spec)."""
     from conftest import distinct_images
     from PIL import Image
 
-    from id3pm.data import PrepareConfig, PreparedDataset, prepare
-
     src = tmp_path / "src"
     src.mkdir()
-    keys = [f"img{i}.png" for i in range(4)]
-    for key, img in zip(keys, distinct_images(4, 8)):
+    keys = [f"img{i}.png" for i in range(n)]
+    for key, img in zip(keys, distinct_images(n, 8)):
         Image.fromarray(img).save(src / key)
-    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=Y[:4])
-    encoder = {"name": "protected", "encoder": {"name": "table", "path": str(tmp_path / "v.npz")},
-               "transform": "orthonormal", "key": 2}
+    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=Y[:n])
+    return src, keys, {"name": "table", "path": str(tmp_path / "v.npz")}
+
+
+def test_prepare_stores_protected_templates(tmp_path):
+    from id3pm.data import PrepareConfig, PreparedDataset, prepare
+
+    src, keys, plain = photos_with_table_vectors(tmp_path, 4)
+    encoder = {"name": "protected", "encoder": plain, "transform": "orthonormal", "key": 2}
     prepare(PrepareConfig(src=str(src), out=str(tmp_path / "p"), encoder=encoder, sizes=(8,), holdout=0.0, workers=1,
                           aligned=True, image_format="png"), progress=False)
     data = PreparedDataset(tmp_path / "p")
@@ -117,19 +123,10 @@ def test_a_set_protected_from_stored_vectors_is_the_set_prepare_writes(tmp_path,
     """`id3pm protect` computes t(f(x)) from the stored f(x) instead of running the FR
     model again: vectors, encoder spec, id_dim, distance and crops equal those of
     `prepare --encoder protected:...` on the same photos."""
-    from conftest import distinct_images
-    from PIL import Image
-
     from id3pm.cli import main
     from id3pm.data import PrepareConfig, PreparedDataset, prepare
 
-    src = tmp_path / "src"
-    src.mkdir()
-    keys = [f"img{i}.png" for i in range(6)]
-    for key, img in zip(keys, distinct_images(6, 8)):
-        Image.fromarray(img).save(src / key)
-    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=Y[:6])
-    plain = {"name": "table", "path": str(tmp_path / "v.npz")}
+    src, _, plain = photos_with_table_vectors(tmp_path, 6)
     common = dict(src=str(src), sizes=(8,), holdout=0.3, workers=1, aligned=True, image_format="png", chunk=4)
     prepare(PrepareConfig(out=str(tmp_path / "plain"), encoder=plain, **common), progress=False)
     prepare(PrepareConfig(out=str(tmp_path / "direct"), encoder={"name": "protected", "encoder": plain, **transform},

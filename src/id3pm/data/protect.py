@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -43,8 +44,9 @@ def protect_prepared(src: str | Path, dst: str | Path, transform: dict) -> dict:
         raise ValueError(f"unknown template transform {transform.get('transform')!r}; choose one of {sorted(TRANSFORMS)}")
     t = TRANSFORMS[transform["transform"]](int(manifest["id_dim"]), **options)
     spec = protected_spec(manifest["encoder"], t.spec())
-    if (dst / "manifest.json").exists() and read_json(dst / "manifest.json")["encoder"] != spec:
-        raise ValueError(f"{dst}: holds templates of {read_json(dst / 'manifest.json')['encoder']}, not {spec}; use a new folder")
+    existing = read_json(dst / "manifest.json")["encoder"] if (dst / "manifest.json").exists() else spec
+    if existing != spec:
+        raise ValueError(f"{dst}: holds templates of {existing}, not {spec}; use a new folder")
     (dst / "shards").mkdir(parents=True, exist_ok=True)
     for shard in sorted((src / "shards").glob("*.parquet")):
         target = dst / "shards" / shard.name
@@ -60,8 +62,6 @@ def protect_prepared(src: str | Path, dst: str | Path, transform: dict) -> dict:
 
 
 def _protected_shard(table: pa.Table, transform) -> bytes:
-    import numpy as np
-
     plain = np.asarray(table["id_vector"].combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1)
     protected = transform(plain)
     column = pa.FixedSizeListArray.from_arrays(pa.array(protected.reshape(-1), pa.float32()), transform.out_dim)
