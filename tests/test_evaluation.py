@@ -298,10 +298,11 @@ def test_a_rerun_into_the_same_folder_samples_only_the_rows_it_lacks(tmp_path, m
             "--out", str(tmp_path / "eval"), "--device", "cpu", "--queries"]
     assert main(args + ["2"]) == 0
     first = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert calls == [2] and len(list((tmp_path / "eval" / "rows").glob("*.npz"))) == 2  # s=2 and best_of_n N=2
+    # one search per identity (a refined row is made in pieces); kept: s=2 and best_of_n N=2
+    assert calls == [2, 2] and len(list((tmp_path / "eval" / "rows").glob("*.npz"))) == 2
     assert main(args + ["2", "3"]) == 0
     second = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert calls == [2, 3]  # the N=2 row was not sampled again
+    assert calls == [2, 2, 3, 3]  # the N=2 row was not sampled again
     for row in ("m s=2", "m s=2 best_of_n N=2"):
         assert second["identity"][row] == first["identity"][row]
         assert second["cost"][row] == first["cost"][row]  # its cost is the first run's
@@ -314,7 +315,46 @@ def test_a_rerun_into_the_same_folder_samples_only_the_rows_it_lacks(tmp_path, m
             p.add_(0.05 * torch.randn_like(p))
     save_model_dir(model, net, info)  # new weights, same folder
     assert main(args + ["2"]) == 0
-    assert calls == [2, 3, 2]
+    assert calls == [2, 2, 3, 3, 2, 2]
+
+
+def test_a_refined_row_cut_short_resumes_after_its_last_identity(tmp_path, monkeypatch):
+    """A crash inside a query-refined row (hours at N = 256) loses one identity at most: the
+    rerun samples only the identities not yet kept, and the row equals one made at once."""
+    import id3pm.refine
+
+    _, prep, model, _, _ = astronaut_set_and_model(tmp_path)
+    args = ["evaluate", "--model", f"m={model}", "--data", str(prep), "--limit", "3", "--independent", "",
+            "--steps", "2", "--diversity-ids", "0", "--baselines", "", "--search", "renoise", "--queries", "4",
+            "--device", "cpu", "--out"]
+    assert main(args + [str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+
+    class Crash(Exception):
+        pass
+
+    calls, real_refine = [], id3pm.refine.query_refine
+
+    def crashing_refine(pipe, v, queries, **kw):
+        calls.append(len(v))
+        if len(calls) == 2:
+            raise Crash("killed inside the row")
+        return real_refine(pipe, v, queries, **kw)
+
+    monkeypatch.setattr(id3pm.refine, "query_refine", crashing_refine)
+    with pytest.raises(Crash):
+        main(args + [str(tmp_path / "cut")])
+    assert len(list((tmp_path / "cut" / "rows").glob("*.part.npz"))) == 1  # the first identity, kept
+    calls.clear()
+    monkeypatch.setattr(id3pm.refine, "query_refine", lambda pipe, v, queries, **kw: calls.append(len(v)) or
+                        real_refine(pipe, v, queries, **kw))
+    assert main(args + [str(tmp_path / "cut")]) == 0
+    assert calls == [1, 1]  # identities 2 and 3 only
+    assert not list((tmp_path / "cut" / "rows").glob("*.part.npz"))  # the finished row replaced its pieces
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    row = "m s=2 renoise N=4"
+    assert cut["identity"][row] == whole["identity"][row]
+    assert cut["cost"][row]["queries_per_identity"] == whole["cost"][row]["queries_per_identity"] == 4
 
 
 def test_a_pairs_limit_takes_pairs_from_every_fold_and_one_fold_is_a_clear_error():

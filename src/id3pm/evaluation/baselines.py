@@ -44,6 +44,7 @@ class RefinedMethod:
     attacker holds a template of. Keeps the closest `num_samples`."""
 
     generative = False  # its samples are selected for identity, not drawn: no diversity row
+    identities_independent = True  # each identity's search starts from the same seeds: a row can be made in pieces
 
     def __init__(self, name: str, pipe, judge, queries: int, search: str, guidance_scale: float = 2.0, steps: int = 25,
                  sampler: str = "dpmpp_2m", batch_size: int = 32):
@@ -51,12 +52,12 @@ class RefinedMethod:
         self.guidance_scale, self.steps, self.sampler, self.batch_size = guidance_scale, steps, sampler, batch_size
         self.spent: list[int] = []
 
-    def reconstruct(self, vectors: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+    def reconstruct(self, vectors: np.ndarray, num_samples: int, seed: int, progress: bool = True) -> np.ndarray:
         from id3pm.refine import query_refine
 
         out = query_refine(self.pipe, vectors, self.queries, keep=num_samples, search=self.search, encoder=self.judge,
                            guidance_scale=self.guidance_scale, num_inference_steps=self.steps, sampler=self.sampler,
-                           seed=seed, batch_size=self.batch_size, progress=True)
+                           seed=seed, batch_size=self.batch_size, progress=progress)
         self.spent += out.queries.tolist()
         return out.images
 
