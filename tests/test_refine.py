@@ -4,6 +4,8 @@ builds: a linear map of the pooled colours that returns each training image's ve
 import numpy as np
 import pytest
 from conftest import pooled
+from faults import live_server
+from fastapi.testclient import TestClient
 
 from id3pm.encoders import Encoder, EncodeResult
 from id3pm.refine import query_refine
@@ -97,3 +99,64 @@ def test_the_cli_refuses_queries_it_cannot_spend(setup, trained_tiny, tmp_path, 
                  "-n", "2", "--out", str(tmp_path / "out")])
     assert code != 0
     assert "cannot judge generated images" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def judged_pipe(trained_tiny):
+    """The tiny model behind a server whose black box is the linear colour encoder."""
+    from id3pm.pipeline import ID3PMPipeline
+
+    model_dir, images, vectors = trained_tiny
+    loaded = ID3PMPipeline.from_pretrained(model_dir, device="cpu")
+    return ID3PMPipeline(loaded.model, loaded.info, device="cpu", encoder=LinearColourEncoder(images, vectors))
+
+
+def test_queries_through_a_remote_black_box_equal_the_local_ones(setup, judged_pipe):
+    """The judge may be any encoder backend: here the black box answers over HTTP (an id3pm
+    server's /v1/embed, the remote-encoder protocol), and the search keeps what it keeps
+    with the same encoder in-process."""
+    from id3pm.encoders.remote import RemoteEncoder
+    from id3pm.serving import Limits, create_app
+
+    pipe, encoder, vectors = setup
+    common = dict(guidance_scale=1.0, num_inference_steps=4, seed=0, search="renoise", keep=2)
+    local = query_refine(pipe, vectors[:2], queries=8, encoder=encoder, **common)
+    limits = Limits(rate=0)
+    with live_server(create_app(judged_pipe, limits=limits), limits) as live:
+        remote = RemoteEncoder(f"http://{live.host}:{live.port}/v1/embed", retries=0)  # its length: learnt
+        served = query_refine(pipe, vectors[:2], queries=8, encoder=remote, **common)
+        encode_jobs = live.server.config.app.state.batcher.stats["encode_jobs"]
+    assert encode_jobs >= 2 and (served.queries == 8).all()  # every query crossed the wire
+    np.testing.assert_array_equal(served.images, local.images)  # PNG on the wire is lossless
+    np.testing.assert_allclose(served.distances, local.distances, atol=1e-4)
+
+
+def test_the_api_spends_queries_and_returns_the_closest(setup, judged_pipe):
+    from id3pm.serving import Limits, create_app
+
+    pipe, _, vectors = setup
+    v = vectors[1].tolist()
+    body = {"vector": v, "n": 2, "steps": 4, "guidance": 1.0, "sampler": "dpmpp_2m", "seed": 0}
+    with TestClient(create_app(judged_pipe, limits=Limits(rate=0, max_queries=16))) as client:
+        plain = client.post("/v1/generate", json=body)
+        refined = client.post("/v1/generate", json={**body, "queries": 16, "search": "renoise"})
+        assert plain.status_code == 200 and refined.status_code == 200, refined.text
+        errors = [client.post("/v1/generate", json={**body, **extra}) for extra in
+                  ({"queries": 1}, {"queries": 17}, {"queries": 4, "upscale": True}, {"queries": 4, "search": "cma"})]
+        stats = client.get("/healthz").json()
+    expected = query_refine(judged_pipe, vectors[1:2], queries=16, keep=2, search="renoise", encoder=judged_pipe.encoder,
+                            guidance_scale=1.0, num_inference_steps=4, sampler="dpmpp_2m", seed=0)
+    record, images = refined.json()["refine"], refined.json()["images"]
+    assert record["queries"] == 16 and len(record["curve"]) == 16
+    got = [d["distance"] for d in images]
+    np.testing.assert_allclose(got, expected.distances[0], atol=1e-5)
+    from test_serve import decode_png
+
+    np.testing.assert_array_equal(np.stack([decode_png(d["png"]) for d in images]), expected.images[0])
+    assert [d["seed"] for d in images] == [lineage[0] for lineage in expected.lineages[0]]
+    # the closest of 16 beats the plain samples, whose seeds 0 and 1 the search began with
+    assert got[0] <= min(d["distance"] for d in plain.json()["images"]) + 1e-6
+    assert plain.json()["refine"] is None and refined.json()["params"]["queries"] == 16
+    assert [r.status_code for r in errors] == [422] * 4
+    assert stats["refine_jobs"] == 1 and stats["images"] == 2 + 16  # the worker ran the search: 16 queries
+    assert "at least n" in errors[0].json()["detail"] and "upscale" in errors[2].json()["detail"]

@@ -472,7 +472,8 @@ def fuzz_schema(pipe, directions):
     except ImportError:
         missing_asset("schemathesis is not installed (pip install -e '.[test]')")
     # Small bounds so that any schema-valid request is quick on a CPU.
-    limits = Limits(rate=0, max_n=2, max_images=4, max_steps=3, max_frames=3, max_strengths=2, max_embed_images=2)
+    limits = Limits(rate=0, max_n=2, max_images=4, max_steps=3, max_frames=3, max_strengths=2, max_embed_images=2,
+                    max_queries=4)
     app = create_app(pipe, directions, limits=limits)
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     app.state.batcher.close()

@@ -79,6 +79,8 @@ def query_refine(pipe, vectors, queries: int, keep: int = 1, search: str = "best
     encoder = encoder or pipe.encoder
     if not encoder.encodes_pixels:
         raise ValueError(f"the {encoder.name} encoder cannot judge generated images: queries need an encoder of pixels")
+    if not encoder.dim:  # a remote black box learns its length from its first answer: hold it to the targets'
+        encoder.dim = int(np.shape(vectors)[-1])
     targets = check_vectors(vectors, encoder.dim, "target vectors")
     render = Renderer(pipe, guidance_scale, num_inference_steps, sampler, batch_size)
     images, dists, spent, curves, seconds, lineages = [], [], [], [], [], []

@@ -15,7 +15,8 @@ def cmd_serve(args):
     limits = Limits(max_batch=args.max_batch, window_s=args.batch_window_ms / 1000, max_queue=args.max_queue,
                     timeout_s=args.timeout, rate=args.rate, burst=args.burst,
                     max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                    header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
+                    header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                    max_queries=args.max_queries)
     serve(args.model, directions=args.directions, host=args.host, port=args.port, token=token, device=args.device,
           limits=limits, log_level=args.log_level, upscale=args.upscale, cors_origins=args.cors_origin)
     return 0
@@ -37,6 +38,8 @@ def _serve_flags(p):
     p.add_argument("--burst", type=int, default=20, help="requests a client may send at once")
     p.add_argument("--max-body-mb", type=float, default=8, help="largest request body")
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest input image (width x height)")
+    p.add_argument("--max-queries", type=int, default=64,
+                   help="black-box queries a generate request may spend on refinement (0: none allowed)")
     p.add_argument("--header-timeout", type=float, default=10, help="seconds a client has to send a request head")
     p.add_argument("--body-timeout", type=float, default=60, help="seconds a client has to send a request body")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from id3pm.serving.app import check_origins, create_app
-from id3pm.serving.batching import Batcher, EncodeJob, QueueFull, RenderJob, render
+from id3pm.serving.batching import Batcher, EncodeJob, QueueFull, RefineJob, RenderJob, render
 from id3pm.serving.limits import Limits
 
 
@@ -76,5 +76,5 @@ def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000
     uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options(limits))
 
 
-__all__ = ["Batcher", "EncodeJob", "Limits", "QueueFull", "RenderJob", "check_bind", "check_origins", "create_app",
+__all__ = ["Batcher", "EncodeJob", "Limits", "QueueFull", "RefineJob", "RenderJob", "check_bind", "check_origins", "create_app",
            "is_loopback", "render", "serve", "uvicorn_options"]

@@ -209,13 +209,19 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
     @service.timed
     async def generate(request: Request):
         """n samples of one identity (a vector, or the black box's vector of a photo), each
-        with its identity distance to that vector."""
+        with its identity distance to that vector. With queries: the n closest of that many
+        images under the server's encoder, and the search's record."""
         req = await parse(request, "/v1/generate")
         vector, warnings = await service.identity(req, "input")
-        out, seeds = await service.render_samples(req, vector[None], req.n)
-        params = service.params(req, n=req.n)
-        images = await service.pictures(out, params, [{"seed": s} for s in seeds], {"distance": vector}, ImageOut)
-        return GenerateResponse(images=images, vector=[float(x) for x in vector],
+        if req.queries:
+            out, labels, record = await service.refine_samples(req, vector)
+            params = service.params(req, n=req.n, queries=req.queries, search=req.search, strength=req.strength)
+            images = await service.pictures(out, params, labels, {}, ImageOut)
+        else:
+            out, seeds = await service.render_samples(req, vector[None], req.n)
+            params, record = service.params(req, n=req.n), None
+            images = await service.pictures(out, params, [{"seed": s} for s in seeds], {"distance": vector}, ImageOut)
+        return GenerateResponse(images=images, vector=[float(x) for x in vector], refine=record,
                                 distance_metric=service.metric, params=params, warnings=warnings)
 
     @app.post("/v1/interpolate", response_model=InterpolateResponse, responses=error_responses(*POST_ERRORS))

@@ -87,9 +87,28 @@ class EncodeJob:
         return 0  # does not count towards the image budget of a render batch
 
 
+@dataclass
+class RefineJob:
+    """One identity refined with black-box queries to the server's encoder (id3pm.refine).
+    It renders and encodes `queries` images by itself, in max_batch chunks: the search is
+    sequential (renoise rounds depend on the previous ones), so it merges with nothing."""
+    vector: np.ndarray  # (D,) float32
+    queries: int
+    keep: int
+    search: str = "best_of_n"
+    strength: float = 0.5
+    guidance: float = 2.0
+    steps: int = 25
+    sampler: str = "dpmpp_2m"
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return 0  # runs alone: it does not fill a render batch
+
+
 @dataclass(eq=False)  # hashed by identity: kept in a set until answered
 class _Pending:
-    job: RenderJob | EncodeJob
+    job: RenderJob | EncodeJob | RefineJob
     future: Future
 
 
@@ -119,7 +138,7 @@ class Batcher:
         self._submitting = threading.Lock()
         # Counters, written by the worker only (reads from other threads are for monitoring).
         self.stats = Counter(requests=0, completed=0, failed=0, cancelled=0, rejected=0, batches=0,
-                             forward_passes=0, images=0, encode_jobs=0, worker_crashes=0)
+                             forward_passes=0, images=0, encode_jobs=0, refine_jobs=0, worker_crashes=0)
         self.batch_sizes: Counter = Counter()  # images per batch -> how many batches
         self.requests_per_batch: Counter = Counter()  # requests merged into a batch -> how many batches
 
@@ -140,8 +159,8 @@ class Batcher:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, job: RenderJob | EncodeJob) -> Future:
-        """A Future for the job's RenderResult / EncodeResult. Raises QueueFull at once when
+    def submit(self, job: RenderJob | EncodeJob | RefineJob) -> Future:
+        """A Future for the job's RenderResult / EncodeResult / RefineResult. Raises QueueFull at once when
         the queue is full; cancelling the future before the worker takes it skips the job."""
         if self._stop.is_set():
             raise BatcherClosed("the model worker is shutting down")
@@ -252,6 +271,8 @@ class Batcher:
             gathered = [p for p in self._gather() if self._claim(p)]
             for p in (p for p in gathered if isinstance(p.job, EncodeJob)):
                 self._finish([p], lambda: [self._encode(p.job)])
+            for p in (p for p in gathered if isinstance(p.job, RefineJob)):
+                self._finish([p], lambda: [self._refine(p.job)])
             groups: dict[tuple, list[_Pending]] = {}
             for p in gathered:
                 if isinstance(p.job, RenderJob):
@@ -286,6 +307,16 @@ class Batcher:
     def _encode(self, job: EncodeJob) -> EncodeResult:
         self.stats["encode_jobs"] += 1
         return self.pipe.encoder.encode(job.images, aligned=job.aligned, keys=job.keys)
+
+    def _refine(self, job: RefineJob):
+        from id3pm.refine import query_refine
+
+        self.stats["refine_jobs"] += 1
+        result = query_refine(self.pipe, job.vector[None], job.queries, keep=job.keep, search=job.search,
+                              guidance_scale=job.guidance, num_inference_steps=job.steps, sampler=job.sampler,
+                              seed=job.seed, strength=job.strength, batch_size=self.max_batch)
+        self.stats["images"] += int(result.queries.sum())
+        return result
 
     def _render_group(self, group: list[_Pending]) -> list[RenderResult]:
         """All (vector, seed) pairs of jobs with the same settings, in chunks of max_batch."""

@@ -17,6 +17,9 @@ class Limits:
     max_n: int = 16  # samples per generate / per strength in edit
     max_images: int = 32  # images one request may ask for in total
     max_steps: int = 100
+    # black-box queries one generate request may spend (id3pm.refine): each is a sample plus an
+    # encoder call, run as one job that holds the worker (64 at 25 steps: ~50 s on 2 CPU cores)
+    max_queries: int = 64
     max_guidance: float = 20.0
     max_frames: int = 16
     max_strengths: int = 9

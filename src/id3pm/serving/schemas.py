@@ -72,6 +72,18 @@ def request_models(limits: Limits, id_dim: int, max_steps: int, direction_names:
 
     class GenerateRequest(Sampling, Identity):
         n: int = Field(min(4, max_n), ge=1, le=max_n)
+        queries: int = Field(0, ge=0, le=limits.max_queries,
+                             description="black-box queries to the server's encoder (id3pm.refine); the n "
+                                         "closest images are returned. 0: none, as in the paper")
+        search: Literal["best_of_n", "renoise"] = Field("best_of_n", description="how the queries are spent")
+        strength: finite(0.01, 1.0) = Field(0.5, description="renoise: how far candidates are re-noised")
+
+        @model_validator(mode="after")
+        def enough_queries(self):
+            if 0 < self.queries < self.n:
+                raise ValueError(f"queries ({self.queries}) must be 0 or at least n ({self.n}): "
+                                 "the n closest of them are returned")
+            return self
 
     class InterpolateRequest(Sampling):
         a: Identity
@@ -126,6 +138,8 @@ class FrameOut(BaseModel):
 class GenerateResponse(BaseModel):
     images: list[ImageOut]
     vector: list[float] = Field(..., description="the identity vector generated from")
+    refine: dict[str, Any] | None = Field(None, description="with queries: the search's record (queries spent, "
+                                          "the best distance after each query, each image's seeds)")
     distance_metric: str
     params: dict[str, Any]
     warnings: list[str] = []

@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException
 
 from id3pm.encoders import identity_distance
 from id3pm.images import ImageError, png_bytes
-from id3pm.serving.batching import Batcher, BatcherClosed, EncodeJob, QueueFull, RenderJob, RenderResult, WorkerCrashed
+from id3pm.serving.batching import (Batcher, BatcherClosed, EncodeJob, QueueFull, RefineJob, RenderJob,
+                                   RenderResult, WorkerCrashed)
 from id3pm.serving.inputs import decode_image
 from id3pm.serving.limits import Limits
 from id3pm.serving.schemas import one_line
@@ -103,6 +104,21 @@ class Service:
         seeds req.seed, req.seed + 1, ...: sample k of any vector starts from the same noise."""
         seeds = [req.seed + k for _ in range(len(vectors)) for k in range(n)]
         return await self.render(req, np.repeat(vectors, n, axis=0), seeds), seeds
+
+    async def refine_samples(self, req, vector: np.ndarray) -> tuple[RenderResult, list[dict], dict]:
+        """(result, labels, record): the n closest of req.queries images under the server's
+        encoder (id3pm.refine). Labels carry each image's judged distance and the seed of the
+        fresh sample it descends from; the record, the search's queries, curve and seeds."""
+        if req.upscale:
+            raise HTTPException(422, "queries work without upscale for now")
+        result = await self.run(RefineJob(vector, req.queries, req.n, req.search, req.strength, req.guidance,
+                                          req.steps, req.sampler, req.seed))
+        record = result.to_json()
+        for field in ("queries", "seconds", "distances", "lineages"):  # one identity: its entries
+            record[field] = record[field][0]
+        record["curve"] = record.pop("curves")[0]
+        labels = [{"seed": lineage[0], "distance": d} for lineage, d in zip(record["lineages"], record["distances"])]
+        return RenderResult(result.images[0], np.empty((0, 0), np.float32)), labels, record
 
     def distances(self, encoded: np.ndarray, reference: np.ndarray) -> list[float | None]:
         return [finite_or_none(d) for d in identity_distance(encoded, reference[None], self.metric)]
