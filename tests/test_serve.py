@@ -449,6 +449,10 @@ def test_web_page_generates_in_headless_chromium(live, astronaut_png, tmp_path):
             assert page.locator("#generate-status").inner_text().startswith("done")
             loaded = page.eval_on_selector_all("#generate-results img", "imgs => imgs.map(i => i.naturalWidth)")
             assert loaded == [16, 16, 16]  # the PNGs really decoded
+            form.locator("input[name=queries]").fill("4")  # the 3 closest of 4 black-box queries
+            form.locator("button[type=submit]").click()
+            page.locator("#generate-results figcaption", has_text="best of 4 queries").first.wait_for(timeout=30_000)
+            assert page.locator("#generate-results figcaption", has_text="best of 4 queries").count() == 3
             page.click("button[data-tab=edit]")
             assert page.locator("#edit-form select[name=direction] option").count() == 1
             page.click("button[data-tab=generate]")

@@ -39,6 +39,7 @@ async function loadModel() {
     document.querySelectorAll("input[name=steps]").forEach((i) => (i.max = lim.max_steps));
     document.querySelectorAll("input[name=guidance]").forEach((i) => (i.max = lim.max_guidance));
     $("input[name=frames]").max = lim.max_frames;
+    $("input[name=queries]").max = lim.max_queries;
     const dirSelect = $("#edit-form select[name=direction]");
     dirSelect.replaceChildren(...card.directions.map((d) => new Option(`${d.name} (${d.kind || "direction"})`, d.name)));
     $("#edit-unavailable").hidden = card.directions.length > 0;
@@ -124,8 +125,10 @@ function wire(name, build, show) {
 }
 
 wire("generate",
-  async (f) => ({ ...(await identity(f, "image", "vector", f.elements.aligned.checked)), n: Number(f.elements.n.value), ...sampling(f) }),
-  (r) => r.images.map((im) => card(im.png, [`seed ${im.seed}`, fmt(im.distance)])));
+  async (f) => ({ ...(await identity(f, "image", "vector", f.elements.aligned.checked)), n: Number(f.elements.n.value),
+                  queries: Number(f.elements.queries.value), search: f.elements.search.value, ...sampling(f) }),
+  (r) => r.images.map((im) => card(im.png, [`seed ${im.seed}`, fmt(im.distance)]
+                                   .concat(r.refine ? [`best of ${r.refine.queries} queries`] : []))));
 
 wire("interpolate",
   async (f) => ({ a: await identity(f, "image_a", "vector_a"), b: await identity(f, "image_b", "vector_b"),
