@@ -215,7 +215,8 @@ def create_app(pipe, directions: dict | None = None, token: str | None = None, l
         vector, warnings = await service.identity(req, "input")
         if req.queries:
             out, labels, record = await service.refine_samples(req, vector)
-            params = service.params(req, n=req.n, queries=req.queries, search=req.search, strength=req.strength)
+            search = {"search": req.search, **({"strength": req.strength} if req.search == "renoise" else {})}
+            params = service.params(req, n=req.n, queries=req.queries, **search)
             images = await service.pictures(out, params, labels, {}, ImageOut)
         else:
             out, seeds = await service.render_samples(req, vector[None], req.n)

@@ -18,7 +18,8 @@ class Limits:
     max_images: int = 32  # images one request may ask for in total
     max_steps: int = 100
     # black-box queries one generate request may spend (id3pm.refine): each is a sample plus an
-    # encoder call, run as one job that holds the worker (64 at 25 steps: ~50 s on 2 CPU cores)
+    # encoder call, run as one job that holds the worker (64 at 25 steps: ~50 s for the 32 px
+    # reference model on 2 AVX2 cores)
     max_queries: int = 64
     max_guidance: float = 20.0
     max_frames: int = 16

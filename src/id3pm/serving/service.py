@@ -114,6 +114,7 @@ class Service:
         result = await self.run(RefineJob(vector, req.queries, req.n, req.search, req.strength, req.guidance,
                                           req.steps, req.sampler, req.seed))
         record = result.to_json()
+        record.pop("encoder")  # its spec may name server paths (an ONNX file); params name the encoder
         for field in ("queries", "seconds", "distances", "lineages"):  # one identity: its entries
             record[field] = record[field][0]
         record["curve"] = record.pop("curves")[0]
