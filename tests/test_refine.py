@@ -150,9 +150,10 @@ def test_the_api_spends_queries_and_returns_the_closest(setup, judged_pipe):
     assert record["queries"] == 16 and len(record["curve"]) == 16
     got = [d["distance"] for d in images]
     np.testing.assert_allclose(got, expected.distances[0], atol=1e-5)
-    from test_serve import decode_png
+    from id3pm.serving.inputs import decode_image  # the server's own base64 decoder, not a test module's
 
-    np.testing.assert_array_equal(np.stack([decode_png(d["png"]) for d in images]), expected.images[0])
+    pngs = [decode_image(d["png"], f"image {k}", 10_000) for k, d in enumerate(images)]
+    np.testing.assert_array_equal(np.stack(pngs), expected.images[0])
     assert [d["seed"] for d in images] == [lineage[0] for lineage in expected.lineages[0]]
     # the closest of 16 beats the plain samples, whose seeds 0 and 1 the search began with
     assert got[0] <= min(d["distance"] for d in plain.json()["images"]) + 1e-6
