@@ -35,6 +35,22 @@ def test_kfold_threshold_on_a_hand_made_example():
     assert roc_auc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 1.0 and roc_auc([0.1, 0.9], [0, 1]) == 0.0
 
 
+def test_kfold_with_thresholds_chosen_on_the_real_pairs():
+    """The system's thresholds come from the real pairs of the other folds; the replaced
+    distances are only judged. Real: same pairs at 0.2, different at 0.8 in both folds
+    (threshold 0.5). Replaced: the same pairs moved to 0.6 in fold 0 and 0.4 in fold 1."""
+    real = np.array([0.2, 0.2, 0.8, 0.8, 0.2, 0.2, 0.8, 0.8])
+    replaced = np.array([0.6, 0.6, 0.8, 0.8, 0.4, 0.4, 0.8, 0.8])
+    same = np.array([1, 1, 0, 0, 1, 1, 0, 0], bool)
+    folds = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    r = kfold_accuracy(replaced, same, folds, threshold_distances=real)
+    assert r["thresholds"] == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert r["folds"] == [0.5, 1.0]  # fold 0's reconstructions (0.6) are rejected at 0.5
+    # chosen on the replaced folds (the paper's way), fold 0 is judged at fold 1's 0.6: all right
+    adapted = kfold_accuracy(replaced, same, folds)
+    assert adapted["folds"][0] == 1.0 and adapted["mean"] > r["mean"]
+
+
 def test_pairs_files(tmp_path):
     lfw = tmp_path / "pairs.txt"
     lfw.write_text("2 1\nAnn 1 2\nAnn 1 Bob 3\nCy 2 4\nDee 1 Eve 1\n")
@@ -225,6 +241,7 @@ def test_evaluate_end_to_end(tmp_path):
     real = m["sar_type1"]["real (original crop)"]["conditioning"]["fmr=0.01"]  # the ceiling row
     assert real["n"] == 2 and real["threshold"] == sar["threshold"]
     assert m["verification"]["rows"]["untrained s=1"]["conditioning"]["sar_type2"]["fmr=0.01"]["n"] == 3
+    assert len(m["verification"]["rows"]["untrained s=1"]["conditioning"]["real_thresholds"]["folds"]) == 2
     assert "Success attack rate, type-I" in report and "Type-II SAR" in report
     # the attack report: rows refined with 2 dlib queries per identity, their cost, the figure
     for search in ("best_of_n", "renoise"):

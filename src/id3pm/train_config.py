@@ -20,6 +20,8 @@ class TrainConfig:
     num_timesteps: int = 1000  # diffusion steps T
     vlb_weight: float = 0.001  # lambda of the hybrid loss
     cond_drop: float = 0.1  # probability of replacing y by the null condition (classifier-free guidance)
+    cond_noise: float = 0.0  # Gaussian noise on y in training, its norm this fraction of y's mean norm
+    balance: str = ""  # balanced draws: "source" and/or "age" (e.g. "source,age"); empty: plain epochs
     attr_drop: float = 0.1  # probability of dropping each attribute group
     null_condition: str = "zero"  # "zero" (the paper) or "learned"
     batch_size: int = 64  # global batch (split over processes)

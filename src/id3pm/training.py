@@ -81,6 +81,42 @@ class BatchOrder:
         return out
 
 
+class WeightedBatchOrder:
+    """Global batch k drawn with replacement from fixed probabilities (id3pm.data.balance),
+    seeded by (seed, k): the same batches whatever the resumes, as BatchOrder's."""
+
+    def __init__(self, weights: np.ndarray, batch: int, seed: int):
+        self.p, self.batch, self.seed = weights / weights.sum(), batch, seed
+
+    def indices(self, step: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        local = self.batch // world
+        drawn = np.random.default_rng([self.seed, step, 1]).choice(len(self.p), size=self.batch, p=self.p)
+        return drawn[rank * local : (rank + 1) * local]
+
+
+def batch_order(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet, info: dict):
+    """Plain epochs, or balanced draws (--balance); the shares go into the model's info."""
+    from id3pm.data.balance import balance_weights, shares
+
+    idx = train_set.indices
+    ages = data.metadata("age", idx) if "meta_age" in data.table.column_names else None
+    weights = balance_weights(data.sources[idx], ages, cfg.balance)
+    if weights is None:
+        info.pop("balance", None)
+        return BatchOrder(len(train_set), cfg.batch_size, cfg.seed)
+    info["balance"] = {"spec": cfg.balance, "source_shares": shares(weights, data.sources[idx])}
+    return WeightedBatchOrder(weights, cfg.batch_size, cfg.seed)
+
+
+def noisy_condition(y: torch.Tensor, cond_noise: float, mean_norm: float, rnd) -> torch.Tensor:
+    """y plus Gaussian noise whose expected norm is cond_noise times y's mean norm (as
+    cascaded models noise their conditioning): the model learns to read y's neighbourhood."""
+    if not cond_noise:
+        return y
+    sigma = cond_noise * mean_norm / math.sqrt(y.shape[1])
+    return y + sigma * rnd.randn(y.shape, y.device)
+
+
 def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet) -> tuple[IDConditionedUNet, dict]:
     """A new network for this data set, plus the info that goes into id3pm.json."""
     if cfg.preset not in PRESETS:
@@ -178,7 +214,7 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
         kwargs["cond_image"] = diffusion.q_sample(low, lt, rnd.randn(low.shape, device))
         kwargs["level"] = level * 1000
     else:
-        kwargs["id_vector"] = batch["id_vector"]
+        kwargs["id_vector"] = noisy_condition(batch["id_vector"], cfg.cond_noise, info.get("id_mean_norm", 1.0), rnd)
         kwargs["drop_id"] = rnd.rand((b,), device) < cfg.cond_drop
         if "prior_image" in batch:  # dropped together with y: the unconditional model sees no identity
             kwargs["cond_image"] = prior_as_input(batch["prior_image"], device, drop=kwargs["drop_id"])
@@ -277,7 +313,7 @@ class Trainer:
         # The wrapped model trains; self.model (same parameters) is what we save, average and export.
         wrapped = torch.compile(self.model) if cfg.compile else self.model
         self.train_model, self.optimizer = self.accelerator.prepare(wrapped, self.optimizer)
-        self.order = BatchOrder(len(self.train_set), cfg.batch_size, cfg.seed)
+        self.order = batch_order(cfg, self.data, self.train_set, self.info)
         self.writer = None
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter

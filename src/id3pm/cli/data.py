@@ -20,7 +20,7 @@ def cmd_prepare(args):
     sizes = tuple(int(s) for s in (args.sizes or str(args.size)).split(","))
     cfg = PrepareConfig(
         src=args.src, out=args.out, encoder=parse_encoder_spec(args.encoder), sizes=sizes, holdout=args.holdout,
-        workers=args.workers, metadata=args.metadata, attributes=tuple(a for a in args.attributes.split(",") if a),
+        split_by=args.split_by, workers=args.workers, metadata=args.metadata, attributes=tuple(a for a in args.attributes.split(",") if a),
         shard=(i, n), chunk=args.chunk, image_format=args.image_format, quality=args.quality,
         multiple_faces=args.multiple_faces, limit=args.limit, aligned=args.aligned,
     )
@@ -43,8 +43,10 @@ def _prepare_flags(p):
     p.add_argument("--size", type=int, default=64, help="crop side")
     p.add_argument("--sizes", help="several crop sides, e.g. 64,128 (super-resolution)")
     p.add_argument("--holdout", type=float, default=0.05, help="held-out fraction (by hash of the file name)")
+    p.add_argument("--split-by", default="key", choices=["key", "identity"],
+                   help="hash the file name, or the identity label (all photos of a person on one side)")
     p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
-    p.add_argument("--metadata", help="utkface or csv:PATH")
+    p.add_argument("--metadata", help="utkface | aaf | celeba:identity_CelebA.txt | csv:PATH")
     p.add_argument("--attributes", default="", help="pose,expression (estimated from landmarks) and/or "
                    "meta:NAME (a numeric label from --metadata)")
     p.add_argument("--shard", default="0/1", help="i/n: this machine's part of the folder")
@@ -54,6 +56,23 @@ def _prepare_flags(p):
     p.add_argument("--multiple-faces", default="error", choices=["error", "largest"])
     p.add_argument("--limit", type=int, help="only the first N files")
     p.add_argument("--aligned", action="store_true", help="photos are already canonical crops: skip detection")
+
+
+@command("merge", "several prepared sets as one training set (keys prefixed by source, a source column)")
+def cmd_merge(args):
+    from id3pm.data.merge import merge_prepared, parse_sources
+
+    m = merge_prepared(args.out, parse_sources(args.sources))
+    for s in m["sources"]:
+        print(f"{s['name']}: {s['counts']['train']} train, {s['counts']['holdout']} holdout (split by {s['split_by']})")
+    print(f"{args.out}: {m['counts']['train']} train, {m['counts']['holdout']} holdout")
+    return 0
+
+
+@flags_of("merge")
+def _merge_flags(p):
+    p.add_argument("out", help="output folder (a manifest naming the sources; no crop is copied)")
+    p.add_argument("sources", nargs="+", help="prepared folders, each NAME=PATH or PATH (named by its folder)")
 
 
 @command("protect", "derive a prepared set of protected templates from a prepared plain set (no FR queries)")

@@ -16,7 +16,7 @@ def cmd_evaluate(args):
         threshold_ids=args.threshold_ids,
         train_data=args.train_data, baselines=[b for b in args.baselines.split(",") if b],
         independent=args.independent or None, encoder=args.encoder, pairs=args.pairs, pairs_root=args.pairs_root,
-        pairs_limit=args.pairs_limit, guidance=args.guidance, steps=args.steps, sampler=args.sampler,
+        pairs_limit=args.pairs_limit, guidance=args.guidance, prior_starts=args.prior_start, steps=args.steps, sampler=args.sampler,
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
         inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
         seed=args.seed, device=args.device, queries=args.queries, searches=args.search, report=args.report,
@@ -45,6 +45,9 @@ def _evaluate_flags(p):
     p.add_argument("--pairs-root", help="folder the pair paths are relative to (default: the file's folder)")
     p.add_argument("--pairs-limit", type=int)
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="one row per guidance scale")
+    p.add_argument("--prior-start", type=float, nargs="*", default=[],
+                   help="extra rows of a model with a prior: sampling starts from g(y) noised to these fractions "
+                        "of the schedule (e.g. 0.9 0.95 1.0; 1.0 is pure noise): diversity against identity")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--diversity-ids", type=int, default=10)
@@ -66,3 +69,44 @@ def _evaluate_flags(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="eval")
+
+
+@command("yardstick", "the identity-disjoint yardstick: CelebA / AAF test people, ORL and Yale, both encoders")
+def cmd_yardstick(args):
+    from id3pm.evaluation import EvalConfig
+    from id3pm.evaluation.yardstick import render_yardstick, run_yardstick, yardstick_sets
+
+    base = EvalConfig(
+        out=args.out, models=args.model or [], train_data=args.train_data, baselines=["nn"] if args.train_data else [],
+        limit=args.limit, pairs_limit=args.pairs_limit, guidance=args.guidance, prior_starts=args.prior_start,
+        steps=args.steps, sampler=args.sampler, independent=args.independent or None,
+        diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, seed=args.seed, device=args.device,
+    )
+    sets = yardstick_sets(Path(args.out), celeba=args.celeba, aaf=args.aaf, orl=args.orl, yale=args.yale)
+    table = run_yardstick(base, sets)
+    print(render_yardstick(table))
+    print(f"{args.out}/yardstick.md, {args.out}/yardstick.json; each set's report in {args.out}/<set>/report.md")
+    return 0
+
+
+@flags_of("yardstick")
+def _yardstick_flags(p):
+    p.add_argument("--model", action="append", help="model folder, optionally name=path (repeatable)")
+    p.add_argument("--celeba", help="prepared CelebA (prepare --metadata celeba:FILE --split-by identity)")
+    p.add_argument("--aaf", help="prepared All-Age-Faces (prepare --metadata aaf --split-by identity)")
+    p.add_argument("--orl", help="ORL folder with pairs.csv")
+    p.add_argument("--yale", help="Yale folder with pairs.csv")
+    p.add_argument("--train-data", help="the models' training set: the nearest-neighbour retrieval row")
+    p.add_argument("--limit", type=int, default=100, help="held-out originals of the type-I rows per set")
+    p.add_argument("--pairs-limit", type=int, help="at most N pairs per set, taken in turn from each fold")
+    p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
+    p.add_argument("--prior-start", type=float, nargs="*", default=[],
+                   help="extra rows: sampling from g(y) noised to these fractions of the schedule")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--independent", default="faceres", help="independent encoder spec ('' to skip)")
+    p.add_argument("--diversity-ids", type=int, default=10, help="CelebA identities for the diversity rows")
+    p.add_argument("--diversity-samples", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--out", default="yardstick")

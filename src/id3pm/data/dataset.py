@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from id3pm.data.merge import MERGED_FORMAT
 from id3pm.files import read_json
 
 
@@ -26,18 +27,41 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 class PreparedDataset:
-    """All shards of a prepared folder as one Arrow table (memory-mapped)."""
+    """All shards of a prepared folder as one Arrow table (memory-mapped). A merged folder
+    (id3pm.data.merge) reads every source's shards, keys prefixed with the source's name
+    and a `source` column added."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not (self.path / "manifest.json").exists():
             raise FileNotFoundError(f"{self.path}: not a prepared data set (no manifest.json); run `id3pm prepare`")
         self.manifest = read_json(self.path / "manifest.json")
-        shards = sorted((self.path / "shards").glob("*.parquet"))
-        if not shards:
-            raise FileNotFoundError(f"{self.path}: no shards")
-        tables = [pq.read_table(p, memory_map=True) for p in shards]
+        if self.manifest.get("format") == MERGED_FORMAT:
+            tables = [self._source_table(s["name"], self.path / s["path"]) for s in self.manifest["sources"]]
+        else:
+            tables = self._shard_tables(self.path)
         self.table = pa.concat_tables(tables, promote_options="default").sort_by("key")
+
+    @staticmethod
+    def _shard_tables(folder: Path) -> list[pa.Table]:
+        shards = sorted((folder / "shards").glob("*.parquet"))
+        if not shards:
+            raise FileNotFoundError(f"{folder}: no shards")
+        return [pq.read_table(p, memory_map=True) for p in shards]
+
+    @classmethod
+    def _source_table(cls, name: str, folder: Path) -> pa.Table:
+        table = pa.concat_tables(cls._shard_tables(folder), promote_options="default")
+        keys = pa.array([f"{name}/{k}" for k in table["key"].to_pylist()], pa.string())
+        table = table.set_column(table.column_names.index("key"), "key", keys)
+        return table.append_column("source", pa.array([name] * table.num_rows, pa.string()))
+
+    @property
+    def sources(self) -> np.ndarray:
+        """Each row's source name (the folder's own name for an unmerged set)."""
+        if "source" not in self.table.column_names:
+            return np.full(len(self), self.path.name, dtype=object)
+        return np.array(self.table["source"].to_pylist(), dtype=object)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -88,6 +112,15 @@ class PreparedDataset:
             raise KeyError(f"{self.path}: no label {name!r}; labels: {have}")
         values = np.array(self.table[col].to_pylist(), dtype=object)
         return values if indices is None else values[indices]
+
+    def identities(self, indices=None) -> np.ndarray | None:
+        """Each image's person (None where unknown), or None for a set without identity
+        labels. In a merged set a person is (source, label): CelebA's 2880 is not AAF's."""
+        if "meta_identity" not in self.table.column_names:
+            return None
+        labels = self.metadata("identity", indices)
+        sources = self.sources if indices is None else self.sources[indices]
+        return np.array([None if v is None else f"{s}:{v}" for s, v in zip(sources, labels)], dtype=object)
 
     def image_bytes(self, size: int, index: int) -> bytes:
         return self.table[f"image_{size}"][int(index)].as_py()

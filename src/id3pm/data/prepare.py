@@ -8,7 +8,9 @@
   are done (or were skipped) and only does the rest.
 - `--shard i/n` lets n machines split one folder by a hash of each file's key.
 - The train/holdout split is a hash of the key: the same image always lands on the
-  same side, whatever the order, sharding or number of workers.
+  same side, whatever the order, sharding or number of workers. With identity labels
+  (`--split-by identity`) it is a hash of the identity instead, so that all photos of one
+  person land on one side: a holdout that a model cannot have memorised.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class PrepareConfig:
     out: str  # output folder
     encoder: dict = field(default_factory=lambda: {"name": "dlib"})  # encoder spec
     sizes: tuple[int, ...] = (64,)  # square crop sides to store (e.g. 64,128 for super-resolution)
-    holdout: float = 0.05  # fraction of keys held out of training, by hash
+    holdout: float = 0.05  # fraction of keys (or identities) held out of training, by hash
+    split_by: str = "key"  # "key" (file), or "identity": a hash of the label `identity` from --metadata
     workers: int = 0  # processes (0: all cores)
     metadata: str | None = None  # "utkface" or "csv:PATH"
     attributes: tuple[str, ...] = ()  # attributes to store: "pose", "expression" (estimated), "meta:NAME" (a label)
@@ -73,6 +76,17 @@ def key_hash(key: str, salt: str = "") -> float:
 
 def split_of(key: str, holdout: float) -> str:
     return "holdout" if key_hash(key, "split:") < holdout else "train"
+
+
+def split_key(cfg: PrepareConfig, key: str, meta: dict) -> str:
+    """What the split hashes: the file, or the person in it."""
+    if cfg.split_by == "key":
+        return key
+    if cfg.split_by == "identity":
+        if meta.get("identity") is None:
+            raise MetadataError(f"{key}: --split-by identity needs an identity label (--metadata celeba:FILE, aaf or csv)")
+        return f"identity:{meta['identity']}"
+    raise ValueError(f"--split-by {cfg.split_by!r}: use 'key' or 'identity'")
 
 
 def encode_image(img: np.ndarray, fmt: str, quality: int) -> bytes:
@@ -121,7 +135,7 @@ def process_one(key: str) -> dict:
             return {"key": key, "skip": enc.errors[0]}
         row = {
             "key": key,
-            "split": split_of(key, cfg.holdout),
+            "split": split_of(split_key(cfg, key, meta), cfg.holdout),
             "id_vector": enc.vectors[0].tolist(),
             "meta": meta,
             "warning": f"{num_faces} faces found, used the largest" if num_faces > 1 else None,
@@ -283,6 +297,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
         "alignment": {"kind": "given" if cfg.aligned else "dlib-5-point-chip", "padding": CANONICAL_PADDING},
         "image_format": cfg.image_format,
         "holdout_fraction": cfg.holdout,
+        "split_by": cfg.split_by,
         "attributes": attr_names,
         "metadata": cfg.metadata,
         "source": str(Path(cfg.src).resolve()),
@@ -290,8 +305,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = read_json(manifest_path)
-        for k in ("encoder", "id_dim", "sizes", "attributes", "holdout_fraction"):
-            if old.get(k) != dataset_info[k] and not (k == "encoder" and old[k]["name"] == dataset_info[k]["name"]):
+        for k in ("encoder", "id_dim", "sizes", "attributes", "holdout_fraction", "split_by"):
+            if old.get(k, "key" if k == "split_by" else None) != dataset_info[k] and not (k == "encoder" and old[k]["name"] == dataset_info[k]["name"]):
                 raise ValueError(f"{out}: prepared with {k}={old.get(k)!r}, now {dataset_info[k]!r}; use a new folder")
 
     workers = cfg.workers or os.cpu_count() or 1

@@ -21,21 +21,32 @@ from id3pm.images import resize
 
 class GenerativeMethod:
     def __init__(self, name: str, pipe, guidance_scale: float = 2.0, steps: int = 25, sampler: str = "dpmpp_2m",
-                 batch_size: int = 32):
+                 batch_size: int = 32, prior_start: float | None = None):
         self.name, self.pipe = name, pipe
         self.guidance_scale, self.steps, self.sampler, self.batch_size = guidance_scale, steps, sampler, batch_size
         self.generative = pipe.info.get("task") != "regression"
+        # a model with a prior: where sampling starts (g(y) noised to this fraction of the
+        # schedule; 1.0 is pure noise); None keeps the pipeline's own
+        self.prior_start = prior_start
 
     def reconstruct(self, vectors: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
-        out = self.pipe(vectors, num_images_per_id=num_samples, guidance_scale=self.guidance_scale,
-                        num_inference_steps=self.steps, sampler=self.sampler, seed=seed, batch_size=self.batch_size,
-                        progress=True)
+        own = getattr(self.pipe, "prior_start", None)
+        if self.prior_start is not None:
+            self.pipe.prior_start = self.prior_start
+        try:
+            out = self.pipe(vectors, num_images_per_id=num_samples, guidance_scale=self.guidance_scale,
+                            num_inference_steps=self.steps, sampler=self.sampler, seed=seed, batch_size=self.batch_size,
+                            progress=True)
+        finally:
+            if self.prior_start is not None:
+                self.pipe.prior_start = own
         return out.images
 
     def settings(self) -> dict:
         """What, beside the model's files, decides its reconstructions (the row cache's key)."""
+        extra = {} if self.prior_start is None else {"prior_start": self.prior_start}
         return {"class": "generative", "guidance_scale": self.guidance_scale, "steps": self.steps,
-                "sampler": self.sampler}
+                "sampler": self.sampler, **extra}
 
 
 class RefinedMethod:

@@ -31,6 +31,7 @@ from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc, s
 from id3pm.files import atomic_write_bytes, atomic_write_json
 from id3pm.images import ImageError, load_image
 
+REAL_PEOPLE_ROW = "real photos of one person"
 AGE_BANDS = [(0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+")]
 UTK_GROUPS = {"gender": ["male", "female"], "race": ["White", "Black", "Asian", "Indian", "Others"]}
 
@@ -51,6 +52,7 @@ class EvalConfig:
     pairs_root: str | None = None  # folder the pair paths are relative to
     pairs_limit: int | None = None  # at most N pairs, taken in turn from each fold
     guidance: list[float] = field(default_factory=lambda: [2.0])  # one row per scale for each model
+    prior_starts: list[float] = field(default_factory=list)  # extra rows of a model with a prior: sampling from g(y) noised to these fractions of the schedule
     steps: int = 25
     sampler: str = "dpmpp_2m"
     diversity_ids: int = 10  # identities for the diversity table (paper: 50)
@@ -66,6 +68,38 @@ class EvalConfig:
     searches: list[str] = field(default_factory=lambda: ["best_of_n", "renoise"])  # how the queries are spent
     report: str = ""  # "attack": also attack.md / attack.png (SAR against queries)
     protections: list[str] = field(default_factory=list)  # template transforms to attack, e.g. "biohash:key=7"
+
+
+class SpreadTools:
+    """What measures how much the images of one identity differ (each tool optional but
+    the landmark estimator and the identity encoder)."""
+
+    def __init__(self, attributes, emotion, lpips, encoder):
+        self.attributes, self.emotion, self.lpips, self.encoder = attributes, emotion, lpips, encoder
+
+    def spread(self, imgs: np.ndarray) -> dict[str, float]:
+        """Mean pairwise differences among the images of one identity."""
+        from id3pm.alignment import recrop
+
+        attrs = np.stack([self.attributes.estimate_aligned(im) for im in imgs])
+        out = {"pose_deg": mean_pairwise(attrs[:, :3]), "expression": mean_pairwise(attrs[:, 3:])}
+        if self.emotion is not None:  # total variation between emotion distributions
+            crop = self.emotion.crop
+            probs = self.emotion.predict([recrop(im, crop.padding, crop.size) for im in imgs])
+            out["emotion"] = mean_pairwise(probs, lambda a, b: 0.5 * float(np.abs(a - b).sum()))
+        i, j = np.triu_indices(len(imgs), 1)
+        out["one_minus_ms_ssim"] = float(1 - ms_ssim(imgs[i], imgs[j]).mean())
+        if self.lpips is not None:
+            out["lpips"] = float(self.lpips(imgs[i], imgs[j]).mean())
+        enc = self.encoder
+        v = enc.encode(list(imgs), aligned=True).vectors
+        out["identity_spread"] = mean_pairwise(v, lambda a, b: float(identity_distance(a, b, enc.distance)))
+        return out
+
+
+def spread_summary(per_identity: list[dict[str, float]]) -> dict:
+    keys = per_identity[0].keys() if per_identity else []
+    return {k: summary([p[k] for p in per_identity]) for k in keys}
 
 
 class Evaluation:
@@ -124,6 +158,9 @@ class Evaluation:
             for g in self.cfg.guidance:
                 methods.append(GenerativeMethod(f"{name} s={g:g}", pipe, g, self.cfg.steps, self.cfg.sampler, self.cfg.batch_size))
             g = self.cfg.guidance[0]
+            for start in self.cfg.prior_starts if pipe.prior is not None else []:
+                methods.append(GenerativeMethod(f"{name} s={g:g} start={start:g}", pipe, g, self.cfg.steps,
+                                                self.cfg.sampler, self.cfg.batch_size, prior_start=start))
             for search in self.cfg.searches if self.cfg.queries else []:
                 for n in self.cfg.queries:
                     methods.append(RefinedMethod(f"{name} s={g:g} {search} N={n}", pipe, self.cond, n, search, g,
@@ -228,6 +265,7 @@ class Evaluation:
         on the evaluated originals alone would move with --limit (FMR 1% of 40 images is
         the 8th closest of 780 pairs)."""
         population = self.data.sample_indices(self.cfg.split, max(self.cfg.threshold_ids, len(idx)))
+        self.population_identities = self.data.identities(population)  # None: every pair an impostor pair
         assert np.array_equal(population[: len(idx)], idx), "the originals must lead the threshold sample"
         extra = population[len(idx):]
         if not len(extra):
@@ -241,10 +279,11 @@ class Evaluation:
 
     def sar_type1(self, vectors: np.ndarray, ind_orig: np.ndarray | None) -> dict:
         """Type-I SAR: each reconstruction against the image whose vector it inverts, at the
-        thresholds where real impostor pairs (different images of the split, assumed
-        different people) reach FMR 1% and 0.1%."""
+        thresholds where real impostor pairs (images of the split of different people, as
+        far as its identity labels tell) reach FMR 1% and 0.1%."""
         originals = {"conditioning": (vectors, self.cond), "independent": (ind_orig, self.ind)}
-        impostors = {enc: impostor_distances(v, e.distance) for enc, (v, e) in originals.items() if v is not None}
+        impostors = {enc: impostor_distances(v, e.distance, identities=self.population_identities)
+                     for enc, (v, e) in originals.items() if v is not None}
         self.independent_impostors = impostors.get("independent")  # the protected rows' too
         if min(len(d) for d in impostors.values()) == 0:
             self.metrics.setdefault("notes", []).append("type-I SAR skipped: fewer than 2 readable originals, "
@@ -319,8 +358,9 @@ class Evaluation:
                               for p in pairs])
                 results[row][enc_name] = {**kfold_accuracy(d, same, folds), "auc": roc_auc(d, same)}
                 if value is not None:  # type-II SAR: the reconstruction of a against b, the same person
-                    real_impostors = real_distances[enc_name][~same]
-                    results[row][enc_name]["sar_type2"] = sar_table(d[same], real_impostors)
+                    real = real_distances[enc_name]
+                    results[row][enc_name]["real_thresholds"] = kfold_accuracy(d, same, folds, threshold_distances=real)
+                    results[row][enc_name]["sar_type2"] = sar_table(d[same], real[~same])
                 else:
                     real_distances[enc_name] = d
         self.metrics["timing"]["verification_seconds"] = time.time() - t0
@@ -335,7 +375,6 @@ class Evaluation:
         est = AttributeEstimator(["pose", "expression"], aligner=self.cond.aligner)
         emotion = None
         try:  # human's emotion model, when `make models` fetched it
-            from id3pm.alignment import recrop
             from id3pm.encoders.faceres import EmotionModel
 
             emotion = EmotionModel()
@@ -346,28 +385,34 @@ class Evaluation:
             from id3pm.evaluation.features import LPIPS
 
             lpips = LPIPS(self.cfg.lpips_backbone, self.cfg.lpips_heads)
+        tools = SpreadTools(est, emotion, lpips, self.ind or self.cond)
         out = {}
         for m in [m for m in self.methods if m.generative or isinstance(m, NearestNeighbour)]:
             samples = m.reconstruct(vectors, self.cfg.diversity_samples, self.cfg.seed + 1000)
-            per_id = {"pose_deg": [], "expression": [], "emotion": [], "one_minus_ms_ssim": [], "lpips": [],
-                      "identity_spread": []}
-            for imgs in tqdm(samples, desc=f"diversity: {m.name}", leave=False):
-                attrs = np.stack([est.estimate_aligned(im) for im in imgs])
-                per_id["pose_deg"].append(mean_pairwise(attrs[:, :3]))
-                per_id["expression"].append(mean_pairwise(attrs[:, 3:]))
-                if emotion is not None:  # total variation between emotion distributions
-                    probs = emotion.predict([recrop(im, emotion.crop.padding, emotion.crop.size) for im in imgs])
-                    per_id["emotion"].append(mean_pairwise(probs, lambda a, b: 0.5 * float(np.abs(a - b).sum())))
-                i, j = np.triu_indices(len(imgs), 1)
-                per_id["one_minus_ms_ssim"].append(float(1 - ms_ssim(imgs[i], imgs[j]).mean()))
-                if lpips is not None:
-                    per_id["lpips"].append(float(lpips(imgs[i], imgs[j]).mean()))
-                enc = self.ind or self.cond
-                v = enc.encode(list(imgs), aligned=True).vectors
-                per_id["identity_spread"].append(mean_pairwise(v, lambda a, b: float(identity_distance(a, b, enc.distance))))
-            out[m.name] = {k: summary(v) for k, v in per_id.items() if v}
+            out[m.name] = spread_summary([tools.spread(imgs) for imgs in tqdm(samples, desc=f"diversity: {m.name}",
+                                                                                leave=False)])
+        people = self.photos_of_people(self.cfg.diversity_ids, self.cfg.diversity_samples)
+        if people:  # the bar: how much real photos of one person differ (CelebA: pose, light, age, background)
+            out[REAL_PEOPLE_ROW] = spread_summary([tools.spread(imgs) for imgs in people])
         self.metrics["timing"]["diversity_seconds"] = time.time() - t0
         return out
+
+    def photos_of_people(self, n_people: int, most: int) -> list[np.ndarray]:
+        """Real crops of up to n_people people of the split with 3 or more photos each (at
+        most `most` photos of each), for the diversity of real photos of one person."""
+        labels = self.data.identities(self.data.split_indices(self.cfg.split))
+        if labels is None:
+            return []
+        idx = self.data.split_indices(self.cfg.split)
+        by_person: dict = {}
+        for i, person in zip(idx, labels):
+            if person is not None:
+                by_person.setdefault(person, []).append(i)
+        several = sorted((p for p, v in by_person.items() if len(v) >= 3), key=str)
+        pick = np.random.default_rng(self.cfg.seed).permutation(len(several))[:n_people]
+        sizes = self.data.manifest["sizes"]
+        size = self.size if self.size in sizes else max(sizes)
+        return [at_size(self.data.images(size, by_person[several[k]][:most]), self.size) for k in sorted(pick)]
 
     def protection_section(self) -> dict:
         """Each protection scheme (--protect, and those of models trained on protected

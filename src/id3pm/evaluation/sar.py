@@ -18,11 +18,20 @@ from id3pm.encoders import identity_distance
 FMRS = (0.01, 0.001)
 
 
-def impostor_distances(vectors: np.ndarray, distance: str, max_pairs: int = 500_000, seed: int = 0) -> np.ndarray:
-    """Distances between all pairs of different rows (assumed different people), or a
-    random subset of max_pairs of them; rows with NaN (no face) are left out."""
-    vectors = vectors[np.isfinite(vectors).all(axis=1)]
+def impostor_distances(vectors: np.ndarray, distance: str, max_pairs: int = 500_000, seed: int = 0,
+                       identities=None) -> np.ndarray:
+    """Distances between all pairs of different rows (different people: with identity
+    labels, pairs of one person's photos are left out; without, every pair is assumed an
+    impostor pair), or a random subset of max_pairs of them; rows with NaN (no face) are
+    left out."""
+    finite = np.isfinite(vectors).all(axis=1)
+    vectors = vectors[finite]
     i, j = np.triu_indices(len(vectors), 1)
+    if identities is not None:
+        labels = np.asarray(identities, dtype=object)[finite]
+        known = np.array([x is not None for x in labels])
+        keep = ~(known[i] & known[j] & (labels[i] == labels[j]))
+        i, j = i[keep], j[keep]
     if len(i) > max_pairs:
         pick = np.random.default_rng(seed).choice(len(i), max_pairs, replace=False)
         i, j = i[pick], j[pick]

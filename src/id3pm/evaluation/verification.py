@@ -52,6 +52,47 @@ def read_pairs(path: str | Path) -> list[Pair]:
     return read_pair_csv(path) if str(path).endswith(".csv") else read_lfw_pairs(path)
 
 
+def identity_pairs(keys: list[str], identities: list, folds: int = 10, seed: int = 0,
+                   max_positives_per_identity: int = 3) -> list[Pair]:
+    """Verification pairs of a set with identity labels, the LFW way: the people are dealt
+    to `folds` folds (so no person is in two), each fold's positive pairs are pairs of
+    photos of one of its people (at most max_positives_per_identity each, so that a person
+    with many photos does not outweigh the rest), and as many negative pairs join photos of
+    two of its people (fewer folds when there are fewer than 2 * folds people). Seeded:
+    the same labels give the same pairs."""
+    rng = np.random.default_rng(seed)
+    by_person: dict = {}
+    for key, person in zip(keys, identities):
+        if person is not None:
+            by_person.setdefault(person, []).append(key)
+    people = sorted(by_person, key=str)
+    people = [people[i] for i in rng.permutation(len(people))]
+    folds = max(1, min(folds, len(people) // 2))  # a fold needs two people for a negative pair
+    pairs: list[Pair] = []
+    for fold in range(folds):
+        members = people[fold::folds]
+        positives = []
+        for person in members:
+            photos = sorted(by_person[person])
+            i, j = np.triu_indices(len(photos), 1)
+            pick = rng.permutation(len(i))[:max_positives_per_identity]
+            positives += [Pair(photos[i[k]], photos[j[k]], True, fold) for k in sorted(pick)]
+        negatives = []
+        while len(members) > 1 and len(negatives) < len(positives):
+            a, b = rng.choice(len(members), 2, replace=False)
+            photos_a, photos_b = sorted(by_person[members[a]]), sorted(by_person[members[b]])
+            negatives.append(Pair(photos_a[rng.integers(len(photos_a))], photos_b[rng.integers(len(photos_b))], False, fold))
+        pairs += positives + negatives
+    return pairs
+
+
+def write_pair_csv(pairs: list[Pair], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path_a", "path_b", "same", "fold"])
+        writer.writerows([p.a, p.b, int(p.same), p.fold] for p in pairs)
+
+
 def spread_over_folds(pairs: list[Pair], limit: int | None) -> list[Pair]:
     """At most `limit` pairs, taken in turn from each fold (each in file order): k-fold
     accuracy needs at least two folds, and the first N pairs of a file are often one fold."""
@@ -76,18 +117,24 @@ def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:
     return float(candidates[int(np.argmax(acc))])
 
 
-def kfold_accuracy(distances, same, folds) -> dict:
+def kfold_accuracy(distances, same, folds, threshold_distances=None) -> dict:
     """Mean and std of accuracy over folds, each fold judged with the threshold that
     is best on all other folds. Pairs with a NaN distance (a failed encoding) count as
-    wrong decisions, so failures are not hidden."""
+    wrong decisions, so failures are not hidden.
+
+    threshold_distances: choose each fold's threshold on these distances of the other
+    folds instead (the real pairs, when `distances` has reconstructions in it): the
+    system's threshold, set on real faces, which an attacker cannot move. The paper
+    chooses it on the replaced folds, which adapts the system to the attack."""
     distances, same, folds = np.asarray(distances, float), np.asarray(same, bool), np.asarray(folds)
+    chooser = distances if threshold_distances is None else np.asarray(threshold_distances, float)
     valid = np.isfinite(distances)
     if len(np.unique(folds[valid])) < 2:
         raise ValueError(f"k-fold verification needs usable pairs in at least 2 folds; got folds {sorted(set(folds[valid].tolist()))}")
     accs, thresholds = [], []
     for k in np.unique(folds):
-        train = (folds != k) & valid
-        t = best_threshold(distances[train], same[train])
+        train = (folds != k) & np.isfinite(chooser)
+        t = best_threshold(chooser[train], same[train])
         test = folds == k
         correct = np.where(valid[test], (distances[test] <= t) == same[test], False)
         accs.append(correct.mean())
