@@ -5,6 +5,8 @@
 #   bash scripts/cpu_reference_run.sh 20:12      # train in the background until 20:12 (UTC)
 #   COOLDOWN=25 bash scripts/cpu_reference_run.sh 20:12   # ... and decay the learning rate
 #                                                          # linearly to 0 over its last 25 minutes
+#   BALANCE=source,age DATA=~/.cache/id3pm/data/wild RUN=~/.cache/id3pm/runs/wild32 \
+#     bash scripts/cpu_reference_run.sh 20:12      # a merged set (id3pm merge), balanced draws
 #
 # - Resumes exactly from $RUN/checkpoint when it exists (optimizer, EMA, step); otherwise
 #   warm-starts from the shipped weights when they exist; otherwise starts from scratch.
@@ -38,6 +40,9 @@ if [ -n "$PRIOR" ]; then INIT+=(--prior "$PRIOR"); fi
 # A learning-rate cool-down before the weights ship: 40 min, or a third of a shorter run
 # (period 12 measured it; docs/results.md); COOLDOWN=0 for none. The next period warms up again.
 COOLDOWN="${COOLDOWN:-$(( minutes >= 120 ? 40 : minutes / 3 ))}"
+# Balanced draws over a merged set's sources and age bands (id3pm.data.balance); a resume
+# must pass the same BALANCE (it is a training flag, not part of the checkpoint's network).
+if [ -n "${BALANCE:-}" ]; then INIT+=(--balance "$BALANCE"); fi
 # The run's settings: keep them identical from period to period (a resume takes the
 # network from the checkpoint; these decide the rest).
 setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" \

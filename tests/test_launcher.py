@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(tmp_path, run: Path, shipped: Path, cooldown: str | None, minutes: int = 90) -> list[str]:
+def _launch(tmp_path, run: Path, shipped: Path, cooldown: str | None, minutes: int = 90, **extra_env) -> list[str]:
     args_file = tmp_path / "args.txt"
     fake = tmp_path / "python"  # records the command line instead of training
     fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {args_file}\nsleep 1\n')  # alive for the autogroup
@@ -21,6 +21,7 @@ def _launch(tmp_path, run: Path, shipped: Path, cooldown: str | None, minutes: i
     env = {**os.environ, "PY": str(fake), "RUN": str(run), "SHIPPED": str(shipped), "DATA": str(tmp_path / "data")}
     if cooldown is not None:
         env["COOLDOWN"] = cooldown
+    env.update(extra_env)
     subprocess.run(["bash", str(ROOT / "scripts" / "cpu_reference_run.sh"), until], env=env, check=True,
                    capture_output=True, text=True)
     for _ in range(100):  # the launcher starts it in the background
@@ -50,7 +51,9 @@ def test_the_launcher_warm_starts_a_fresh_machine_resumes_otherwise_and_passes_t
     (run / "checkpoint" / "state.json").write_text("{}")
     resumed = _launch(tmp_path, run, shipped, cooldown="40")
     assert "--init-from" not in resumed  # the checkpoint decides the network
-    assert _flag(resumed, "--lr-cooldown-minutes") == "40"
+    assert _flag(resumed, "--lr-cooldown-minutes") == "40" and "--balance" not in resumed
+    balanced = _launch(tmp_path, run, shipped, cooldown="40", BALANCE="source,age")
+    assert _flag(balanced, "--balance") == "source,age"
     assert (run / "pid").read_text().strip().isdigit()
 
 

@@ -174,3 +174,48 @@ def test_training_on_a_merged_set_balances_its_sources(tmp_path):
     trainer.run()
     _, info = load_model_dir(tmp_path / "run" / "model")
     assert info["balance"] == {"spec": "source", "source_shares": {"few": 0.5, "many": 0.5}}
+
+
+def test_augmented_copies_are_encoded_again_and_merge_into_their_source(tmp_path, capsys):
+    """Real dlib vectors: astronaut photos, copies mirrored or jittered; each copy's vector is
+    the black box's answer for the copy, close to (not equal to) the original's."""
+    from skimage import data as skdata
+
+    from id3pm.data.augment import Mirror, measure_shifts
+    from id3pm.encoders import make_encoder
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    astro = skdata.astronaut()
+    for i in range(3):
+        Image.fromarray(np.ascontiguousarray(np.roll(astro, 12 * i, axis=1))).save(src / f"p{i}.png")
+    prepare(PrepareConfig(src=str(src), out=str(tmp_path / "prep"), sizes=(32, 128), holdout=0.0, workers=1,
+                          attributes=("pose",), image_format="png"), progress=False)
+    code = main(["augment", str(tmp_path / "prep"), str(tmp_path / "aug"), "--transforms", "mirror", "--copies", "2",
+                 "--workers", "1"])
+    assert code == 0
+    plain, aug = PreparedDataset(tmp_path / "prep"), PreparedDataset(tmp_path / "aug")
+    assert len(aug) == 6 and set(aug.keys) == {f"aug{k}/p{i}.png" for k in range(2) for i in range(3)}
+    assert set(aug.metadata("augment")) == {"mirror"}
+    enc = make_encoder({"name": "dlib"})
+    for i, key in enumerate(plain.keys):
+        j = aug.keys.index(f"aug0/{key}")
+        mirrored = Mirror()(plain.images(128, [i])[0], None)
+        np.testing.assert_allclose(aug.images(128, [j])[0], mirrored)  # the copy is the mirrored crop
+        np.testing.assert_allclose(aug.vectors([j])[0], enc.encode([mirrored], aligned=True).vectors[0], atol=1e-5)
+        assert 0 < np.linalg.norm(aug.vectors([j])[0] - plain.vectors([i])[0]) < 0.3  # moved, the same person
+        yaw = plain.attributes([i])[0][0]
+        assert aug.attributes([j])[0][0] == pytest.approx(-yaw, abs=3.0)  # pose estimated again: yaw flips
+    again = main(["augment", str(tmp_path / "prep"), str(tmp_path / "aug"), "--transforms", "mirror", "--copies", "2",
+                  "--workers", "1"])
+    assert again == 0 and len(PreparedDataset(tmp_path / "aug")) == 6  # resumed: nothing twice
+    merge_prepared(tmp_path / "m", {"astro": str(tmp_path / "prep"), "astro-aug@astro": str(tmp_path / "aug"),
+                                    "other": str(tmp_path / "prep")})
+    merged = PreparedDataset(tmp_path / "m")
+    assert sorted(set(merged.sources)) == ["astro", "other"] and (merged.sources == "astro").sum() == 9
+    assert sum(k.startswith("astro-aug/aug1/") for k in merged.keys) == 3
+    shifts = measure_shifts(str(tmp_path / "prep"), n=3)
+    assert set(shifts) == {"reencode", "mirror", "photometric", "grey", "geometric", "blur", "jpeg"}
+    assert shifts["reencode"]["mean"] < shifts["mirror"]["mean"] and all(s["n"] == 3 for s in shifts.values())
+    assert main(["augment", str(tmp_path / "prep"), str(tmp_path / "x"), "--transforms", "rotate"]) == 2
+    assert "unknown ['rotate']" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from id3pm.cli import controls, data, evaluate, generate, serve  # noqa: F401  (
 from id3pm.cli.registry import COMMANDS
 from id3pm.files import DiskFullError, is_disk_full
 
-ORDER = ["prepare", "merge", "protect", "train", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "yardstick", "serve"]
+ORDER = ["prepare", "augment", "merge", "protect", "train", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "yardstick", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

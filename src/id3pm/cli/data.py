@@ -58,6 +58,43 @@ def _prepare_flags(p):
     p.add_argument("--aligned", action="store_true", help="photos are already canonical crops: skip detection")
 
 
+@command("augment", "training copies of a prepared set, each encoded again by the black box")
+def cmd_augment(args):
+    from id3pm.data.augment import AugmentConfig, augment_prepared, measure_shifts
+
+    if args.measure:
+        shifts = measure_shifts(args.src, args.measure, args.seed)
+        for name, s in shifts.items():
+            print(f"{name:12s} moves y by {s['mean']:.3f} on average (median {s['median']:.3f}, 90% {s['p90']:.3f}; n={s['n']})")
+        if args.out:
+            from id3pm.files import atomic_write_json
+
+            atomic_write_json(args.out, shifts)
+        return 0
+    if not args.out:
+        raise ValueError("augment needs an output folder (or --measure N)")
+    m = augment_prepared(AugmentConfig(src=args.src, out=args.out, transforms=args.transforms, p=args.p,
+                                       copies=args.copies, seed=args.seed, workers=args.workers, limit=args.limit))
+    print(f"{args.out}: {m['counts']['train']} copies; skipped by reason: {m['skipped']}")
+    return 0
+
+
+@flags_of("augment")
+def _augment_flags(p):
+    from id3pm.data.augment import TRANSFORMS
+
+    p.add_argument("src", help="prepared set (its training split is copied)")
+    p.add_argument("out", nargs="?", help="output folder of copies (with --measure: a JSON file, optional)")
+    p.add_argument("--transforms", default=",".join(TRANSFORMS), help="some of " + ", ".join(TRANSFORMS))
+    p.add_argument("--p", type=float, default=0.5, help="probability of each transform in a copy (at least one)")
+    p.add_argument("--copies", type=int, default=1, help="copies per training image")
+    p.add_argument("--limit", type=int, help="only N training images (a seeded sample)")
+    p.add_argument("--measure", type=int, default=0,
+                   help="N: how far each transform alone moves y over N crops; writes no set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+
+
 @command("merge", "several prepared sets as one training set (keys prefixed by source, a source column)")
 def cmd_merge(args):
     from id3pm.data.merge import merge_prepared, parse_sources
@@ -72,7 +109,8 @@ def cmd_merge(args):
 @flags_of("merge")
 def _merge_flags(p):
     p.add_argument("out", help="output folder (a manifest naming the sources; no crop is copied)")
-    p.add_argument("sources", nargs="+", help="prepared folders, each NAME=PATH or PATH (named by its folder)")
+    p.add_argument("sources", nargs="+", help="prepared folders, each NAME=PATH or PATH (named by its folder); "
+                   "NAME@GROUP=PATH is drawn in GROUP's share (augmented copies beside their source)")
 
 
 @command("protect", "derive a prepared set of protected templates from a prepared plain set (no FR queries)")

@@ -37,7 +37,8 @@ class PreparedDataset:
             raise FileNotFoundError(f"{self.path}: not a prepared data set (no manifest.json); run `id3pm prepare`")
         self.manifest = read_json(self.path / "manifest.json")
         if self.manifest.get("format") == MERGED_FORMAT:
-            tables = [self._source_table(s["name"], self.path / s["path"]) for s in self.manifest["sources"]]
+            tables = [self._source_table(s["name"], s.get("group", s["name"]), self.path / s["path"])
+                      for s in self.manifest["sources"]]
         else:
             tables = self._shard_tables(self.path)
         self.table = pa.concat_tables(tables, promote_options="default").sort_by("key")
@@ -50,11 +51,11 @@ class PreparedDataset:
         return [pq.read_table(p, memory_map=True) for p in shards]
 
     @classmethod
-    def _source_table(cls, name: str, folder: Path) -> pa.Table:
+    def _source_table(cls, name: str, group: str, folder: Path) -> pa.Table:
         table = pa.concat_tables(cls._shard_tables(folder), promote_options="default")
         keys = pa.array([f"{name}/{k}" for k in table["key"].to_pylist()], pa.string())
         table = table.set_column(table.column_names.index("key"), "key", keys)
-        return table.append_column("source", pa.array([name] * table.num_rows, pa.string()))
+        return table.append_column("source", pa.array([group] * table.num_rows, pa.string()))
 
     @property
     def sources(self) -> np.ndarray:

@@ -20,13 +20,13 @@ MUST_AGREE = ("id_dim", "distance", "sizes", "attributes", "image_format")
 
 
 def parse_sources(specs: list[str]) -> dict[str, str]:
-    """["utk=PATH", "PATH2"] -> {"utk": PATH, "<folder name of PATH2>": PATH2}."""
+    """["utk=PATH", "aug@utk=PATH3", "PATH2"] -> {"utk": PATH, "aug@utk": PATH3, "<folder of PATH2>": PATH2}."""
     sources: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).name, spec
-        if not name or "/" in name:
+        if not name.partition("@")[0] or "/" in name:
             raise ValueError(f"{spec}: a source name must be non-empty and without '/' (use NAME=PATH)")
         if name in sources:
             raise ValueError(f"{spec}: two sources named {name!r}")
@@ -58,7 +58,8 @@ def merge_prepared(out: str | Path, sources: dict[str, str]) -> dict:
         "format": MERGED_FORMAT,
         **{key: first[key] for key in ("encoder", *MUST_AGREE, "alignment")},
         # relative to the merged folder, so that a tree of data sets can move as a whole
-        "sources": [{"name": name, "path": os.path.relpath(Path(path).resolve(), out.resolve()),
+        "sources": [{"name": name.partition("@")[0], "group": name.partition("@")[2] or name.partition("@")[0],
+                     "path": os.path.relpath(Path(path).resolve(), out.resolve()),
                      "counts": manifests[name]["counts"], "split_by": manifests[name].get("split_by", "key"),
                      "metadata": manifests[name].get("metadata")} for name, path in sources.items()],
         "counts": {split: sum(m["counts"][split] for m in manifests.values()) for split in ("train", "holdout")},
