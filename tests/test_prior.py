@@ -100,6 +100,18 @@ def test_a_base_model_with_a_prior_trains_ships_and_samples(trained_tiny, tmp_pa
     for i in range(4):
         for j in range(2):
             assert ((targets - pooled(out[i, j])) ** 2).mean(axis=(1, 2, 3)).argmin() == i
+    # an evaluation row that starts elsewhere (evaluate --prior-start) leaves the pipeline as it was
+    from id3pm.evaluation.baselines import GenerativeMethod
+
+    row = GenerativeMethod("m", pipe, 2.0, 20, prior_start=1.0).reconstruct(vectors, 1, 0)
+    assert pipe.prior_start == PRIOR_START
+    pipe.prior_start = 1.0
+    from_noise = pipe(vectors, num_images_per_id=1, seed=0, num_inference_steps=20, guidance_scale=2.0)
+    pipe.prior_start = PRIOR_START
+    assert max(from_noise.params["timesteps"]) > 999 * PRIOR_START
+    np.testing.assert_array_equal(row, from_noise.images)
+    assert GenerativeMethod("m", pipe, prior_start=0.95).settings()["prior_start"] == 0.95
+    assert "prior_start" not in GenerativeMethod("m", pipe).settings()  # rows kept before stay valid
 
 
 def test_prior_images_are_cached_for_exactly_the_same_vectors(tmp_path):

@@ -101,7 +101,7 @@ def _yardstick_flags(p):
     p.add_argument("--pairs-limit", type=int, help="at most N pairs per set, taken in turn from each fold")
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     p.add_argument("--prior-start", type=float, nargs="*", default=[],
-                   help="extra rows: sampling from g(y) noised to these fractions of the schedule")
+                   help="extra rows on CelebA: sampling from g(y) noised to these fractions of the schedule")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--independent", default="faceres", help="independent encoder spec ('' to skip)")

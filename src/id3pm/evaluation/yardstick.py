@@ -70,8 +70,10 @@ def run_yardstick(base: EvalConfig, sets: list[YardstickSet]) -> dict:
     out = Path(base.out)
     per_set = {}
     for s in sets:
+        # the diversity set also takes the prior-start rows: spread against identity is one question
         cfg = replace(base, out=str(out / s.name), data=s.data, pairs=s.pairs, pairs_root=s.pairs_root,
-                      diversity_ids=base.diversity_ids if s.diversity else 0, split="holdout")
+                      diversity_ids=base.diversity_ids if s.diversity else 0, split="holdout",
+                      prior_starts=base.prior_starts if s.diversity else [])
         per_set[s.name] = Evaluation(cfg).run()
     table = yardstick_table(per_set)
     atomic_write_json(out / "yardstick.json", table)
