@@ -82,7 +82,8 @@ def test_yardstick_end_to_end(tmp_path):
     assert code == 0
     table = json.loads((out / "yardstick.json").read_text())
     rows = table["rows"]
-    assert {"untrained s=1", "nearest neighbour", "real (original crop)", "real photos of one person"} <= set(rows)
+    assert {"untrained s=1", "nearest neighbour", "real (original crop)", "real photos", "real photos of one person"} <= set(rows)
+    assert rows["real (original crop)"]["orl.acc.conditioning"] is not None  # the 32 px ceiling on pairs too
     for column in ("celeba.sar1.conditioning", "celeba.acc.conditioning", "celeba.acc_real.conditioning",
                    "celeba.sar2.conditioning", "orl.acc.conditioning", "orl.acc_real.conditioning"):
         assert rows["untrained s=1"][column] is not None, column

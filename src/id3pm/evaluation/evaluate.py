@@ -29,7 +29,7 @@ from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.scoring import encode_all, summary
 from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc, spread_over_folds
 from id3pm.files import atomic_write_bytes, atomic_write_json
-from id3pm.images import ImageError, load_image
+from id3pm.images import ImageError, load_image, resize
 
 REAL_PEOPLE_ROW = "real photos of one person"
 AGE_BANDS = [(0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+")]
@@ -195,7 +195,8 @@ class Evaluation:
         rows = {"real (original crop)": crops}
         cost = {}
         for m in self.methods:
-            rows[m.name], spent, seconds = self.reconstruct_row(m, idx, vectors)
+            names = [str(k) for k in np.array(self.data.keys)[idx]]
+            rows[m.name], spent, seconds = self.reconstruct_row(m, names, vectors)
             cost[m.name] = {"queries_per_identity": float(np.mean(spent)) if spent else 0.0,
                             "seconds_per_identity": seconds / len(idx)}
         self.metrics["cost"] = cost
@@ -214,11 +215,11 @@ class Evaluation:
         self.metrics["timing"]["identity_seconds_per_100"] = (time.time() - t0) / len(idx) * 100
         return {name: {enc: summary(v) for enc, v in entry.items()} for name, entry in results.items()}
 
-    def reconstruct_row(self, m, idx: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, list[int], float]:
+    def reconstruct_row(self, m, originals: list[str], vectors: np.ndarray) -> tuple[np.ndarray, list[int], float]:
         """One reconstruction per original: (images, queries spent per identity, seconds).
         A model's row is kept in OUT/rows (id3pm.evaluation.rowcache), so a rerun into the
         same folder samples only the rows it has not finished."""
-        key = self.row_key(m, idx)
+        key = self.row_key(m, originals)
         if key is not None and (found := self.row_cache.get(key)) is not None:
             tqdm.write(f"{m.name}: reusing the finished row in {self.row_cache.folder}")
             return found
@@ -232,7 +233,7 @@ class Evaluation:
             self.row_cache.put(key, images, spent, seconds)
         return images, spent, seconds
 
-    def row_key(self, m, idx: np.ndarray) -> dict | None:
+    def row_key(self, m, originals: list[str]) -> dict | None:
         """What made a model's row (None for baselines, which are cheap to make again)."""
         if not (hasattr(m, "settings") and getattr(m.pipe, "model_path", None)):
             return None
@@ -241,7 +242,7 @@ class Evaluation:
             self.model_digests[path] = folder_digest(path)
         return {**m.settings(), "model": self.model_digests[path], "seed": self.cfg.seed,
                 "precision": m.pipe.precision, "device": m.pipe.device.type,  # bf16 / GPU samples differ
-                "originals": [str(k) for k in np.array(self.data.keys)[idx]]}
+                "originals": list(originals)}
 
     def row_by_identity(self, m, key: dict, vectors: np.ndarray) -> tuple[np.ndarray, list[int], float]:
         """A query-refined row (up to hours), one identity at a time, each kept as it ends:
@@ -338,9 +339,11 @@ class Evaluation:
         rows = {"real images": None}
         cond_vectors = emb["conditioning"][firsts]
         ok = np.isfinite(cond_vectors).all(axis=1)
+        rows[f"real crop at {self.size} px"] = (self.canonical_crops([photos[i] for i in firsts], ok), ok)  # the ceiling
+        originals = [f"pair photo {paths[i]}" for i, good in zip(firsts, ok) if good]  # its rows are kept (rows/)
         for m in self.methods:
             recon = np.zeros((len(firsts), self.size, self.size, 3), np.uint8)
-            recon[ok] = m.reconstruct(cond_vectors[ok], 1, self.cfg.seed)[:, 0]
+            recon[ok] = self.reconstruct_row(m, originals, cond_vectors[ok])[0]
             rows[m.name] = (recon, ok)
         for row, value in rows.items():
             results[row] = {}
@@ -365,6 +368,16 @@ class Evaluation:
                     real_distances[enc_name] = d
         self.metrics["timing"]["verification_seconds"] = time.time() - t0
         return {"pairs": len(pairs), "images": len(paths), "unreadable": failed, "rows": results}
+
+    def canonical_crops(self, photos: list[np.ndarray], ok: np.ndarray) -> np.ndarray:
+        """Each photo's canonical crop at the model's size: a perfect reconstruction at that
+        resolution (zeros where the conditioning encoder found no face)."""
+        from id3pm.alignment import CANONICAL_SIZE
+
+        crops = np.zeros((len(photos), self.size, self.size, 3), np.uint8)
+        for j in np.flatnonzero(ok):
+            crops[j] = resize(self.cond.aligner.align(photos[j], CANONICAL_SIZE).crop, self.size)
+        return crops
 
     def diversity_section(self) -> dict:
         from id3pm.attributes import AttributeEstimator
