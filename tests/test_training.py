@@ -231,6 +231,32 @@ def test_id_scale_makes_the_average_vector_entry_of_order_one(tmp_path):
         assert info["id_mean_norm"] == pytest.approx(np.linalg.norm(vectors * factor, axis=1).mean(), rel=1e-5)
 
 
+def test_a_warm_start_on_new_people_of_the_same_encoder_keeps_the_source_id_scale(trained_tiny, tmp_path):
+    """New people, the same black box: the network must read y as it learned to, so the
+    source's id_scale stays (an aware attacker's protected codes take their own: test_protected)."""
+    from PIL import Image
+
+    from id3pm.data import PrepareConfig, prepare
+    from id3pm.modeldir import load_model_dir
+    from id3pm.training import Trainer
+
+    model_dir, images, vectors = trained_tiny
+    source, _ = load_model_dir(model_dir)
+    (tmp_path / "src").mkdir()
+    keys = [f"p{i}.png" for i in range(4)]
+    for k, img in zip(keys, images):
+        Image.fromarray(img).save(tmp_path / "src" / k)
+    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=vectors[::-1] * 3)  # the same encoder, norms x 3
+    prepare(PrepareConfig(src=str(tmp_path / "src"), out=str(tmp_path / "prep"), holdout=0.0, workers=1, sizes=(8,),
+                          encoder={"name": "table", "path": str(tmp_path / "v.npz")}, aligned=True), progress=False)
+    trainer = Trainer(TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), init_from=str(model_dir),
+                                  max_steps=1, **TINY_TRAIN))
+    assert trainer.info["id_mean_norm"] == pytest.approx(3 * np.linalg.norm(vectors, axis=1).mean(), rel=1e-5)
+    assert trainer.model.config.id_scale == pytest.approx(source.config.id_scale)  # not a third of it
+    for k, v in source.state_dict().items():  # and every weight came along
+        torch.testing.assert_close(trainer.model.state_dict()[k], v)
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_the_run_at_a_step_boundary_with_its_checkpoint(prepared, tmp_path, monkeypatch, capsys,
                                                                             signame):

@@ -348,14 +348,17 @@ class Trainer:
                 from id3pm.modeldir import load_model_dir
 
                 src, src_info = load_model_dir(cfg.init_from)
-                # id_scale stays this data's: warm-started on another encoder's vectors (an aware
-                # attacker's protected templates), y's entries must still reach the Linear as O(1)
+                # id_scale: on another encoder's vectors (an aware attacker's protected templates)
+                # this data's, so that y's entries still reach the Linear as O(1); on the same
+                # encoder's (new people) the source's, so that the network reads y as it learned to
+                same_encoder = src_info.get("encoder", {}).get("name") == self.info["encoder"].get("name")
+                id_scale = src.config.id_scale if same_encoder else model.config.id_scale
                 differs = config_differences(src, model) - {"id_scale"}
                 if differs == {"extra_cond_channels"}:  # a model without the prior, widened to take it
+                    model = IDConditionedUNet.from_config({**model.config, "id_scale": id_scale})
                     widen_input_channels(model, src.state_dict())
                 else:
-                    if differs:
-                        model = IDConditionedUNet.from_config({**src.config, "id_scale": model.config.id_scale})
+                    model = IDConditionedUNet.from_config({**src.config, "id_scale": id_scale})
                     model.load_state_dict(src.state_dict())
                 self.info["warm_start"] = {"from": cfg.init_from, "previous_training": src_info.get("training")}
         self.model = model.to(self.device)
