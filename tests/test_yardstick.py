@@ -2,6 +2,9 @@
 it runs (plumbing with real dlib vectors of astronaut variants and an untrained model)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from skimage import data as skdata
 from id3pm.cli import main
 from id3pm.data.prepare import split_of
 from id3pm.evaluation.verification import identity_pairs, read_pair_csv, write_pair_csv
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_identity_pairs_keep_each_person_in_one_fold(tmp_path):
@@ -100,3 +105,9 @@ def test_yardstick_end_to_end(tmp_path):
     spread = m["diversity"]["real photos of one person"]
     assert spread["pose_deg"]["mean"] >= 0 and spread["one_minus_ms_ssim"]["mean"] > 0
     assert "## celeba" in (out / "yardstick.md").read_text() and (out / "orl" / "report.md").exists()
+    # the training log's row: CelebA accuracy at real-pair thresholds first, dlib / faceres ("-": not measured)
+    printed = subprocess.run([sys.executable, str(ROOT / "scripts" / "yardstick_row.py"), str(out / "yardstick.json"),
+                              "--method", "untrained s=1", "--label", "period 0"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    acc = rows["untrained s=1"]["celeba.acc_real.conditioning"]
+    assert printed[2].startswith(f"| period 0 | untrained s=1 | {100 * acc:.1f} / - |")
