@@ -219,3 +219,11 @@ def test_augmented_copies_are_encoded_again_and_merge_into_their_source(tmp_path
     assert shifts["reencode"]["mean"] < shifts["mirror"]["mean"] and all(s["n"] == 3 for s in shifts.values())
     assert main(["augment", str(tmp_path / "prep"), str(tmp_path / "x"), "--transforms", "rotate"]) == 2
     assert "unknown ['rotate']" in capsys.readouterr().err
+
+
+def test_the_cli_lists_every_augmentation_by_name():
+    """cli/data.py spells the names out so that `id3pm --help` does not import torch."""
+    from id3pm.cli.data import AUGMENT_TRANSFORMS
+    from id3pm.data.augment import TRANSFORMS
+
+    assert tuple(TRANSFORMS) == AUGMENT_TRANSFORMS

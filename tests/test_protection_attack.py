@@ -119,6 +119,9 @@ class SplitOfFaces:
     def images(self, size, idx):
         return self.faces[idx]
 
+    def identities(self, idx):
+        return None  # no identity labels (as UTKFace): every pair is an impostor pair
+
 
 def test_sar_thresholds_come_from_more_images_than_the_evaluated_ones(people):
     from id3pm.evaluation import EvalConfig, Evaluation

@@ -79,13 +79,17 @@ def cmd_augment(args):
     return 0
 
 
+# The names of id3pm.data.augment.TRANSFORMS, spelled out: that module imports torch, and
+# `id3pm --help` must not (a test checks that the two lists agree).
+AUGMENT_TRANSFORMS = ("mirror", "photometric", "grey", "geometric", "blur", "jpeg")
+
+
 @flags_of("augment")
 def _augment_flags(p):
-    from id3pm.data.augment import TRANSFORMS
-
     p.add_argument("src", help="prepared set (its training split is copied)")
     p.add_argument("out", nargs="?", help="output folder of copies (with --measure: a JSON file, optional)")
-    p.add_argument("--transforms", default=",".join(TRANSFORMS), help="some of " + ", ".join(TRANSFORMS))
+    p.add_argument("--transforms", default=",".join(AUGMENT_TRANSFORMS),
+                   help="some of " + ", ".join(AUGMENT_TRANSFORMS))
     p.add_argument("--p", type=float, default=0.5, help="probability of each transform in a copy (at least one)")
     p.add_argument("--copies", type=int, default=1, help="copies per training image")
     p.add_argument("--limit", type=int, help="only N training images (a seeded sample)")
