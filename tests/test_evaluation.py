@@ -377,8 +377,10 @@ def test_a_refined_row_cut_short_resumes_after_its_last_identity(tmp_path, monke
 def test_a_pairs_limit_takes_pairs_from_every_fold_and_one_fold_is_a_clear_error():
     from id3pm.evaluation.verification import Pair, kfold_accuracy, spread_over_folds
 
-    pairs = [Pair(f"a{f}{i}", f"b{f}{i}", i % 2 == 0, f) for f in range(3) for i in range(4)]  # file order: fold by fold
-    taken = spread_over_folds(pairs, 5)
-    assert [p.fold for p in taken] == [0, 1, 2, 0, 1] and spread_over_folds(pairs, None) == pairs
+    pairs = [Pair(f"a{f}{i}", f"b{f}{i}", i < 2, f) for f in range(3) for i in range(4)]  # fold by fold, positives first
+    taken = spread_over_folds(pairs, 6)
+    assert [p.fold for p in taken] == [0, 1, 2, 0, 1, 2] and spread_over_folds(pairs, None) == pairs
+    assert [p.same for p in taken] == [True] * 3 + [False] * 3  # a limit keeps both kinds in every fold
+    assert [p.a for p in taken[:3]] == ["a00", "a10", "a20"] and [p.a for p in taken[3:]] == ["a02", "a12", "a22"]
     with pytest.raises(ValueError, match="at least 2 folds"):
         kfold_accuracy([0.1, 0.9], [True, False], [0, 0])

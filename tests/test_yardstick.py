@@ -73,6 +73,9 @@ def test_yardstick_end_to_end(tmp_path):
         Image.fromarray(np.roll(astro, 12 * i, axis=0)).save(orl / f"o{i}.png")
     (orl / "pairs.csv").write_text("path_a,path_b,same,fold\no0.png,o1.png,1,0\no2.png,o3.png,0,0\n"
                                    "o1.png,o2.png,1,1\no3.png,o0.png,0,1\n")
+    yale = tmp_path / "yale"  # a broken set: its pairs are all of one person
+    yale.mkdir()
+    (yale / "pairs.csv").write_text("path_a,path_b,same,fold\no0.png,o1.png,1,0\no1.png,o2.png,1,1\n")
     torch.manual_seed(0)
     net = IDConditionedUNet(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=32,
                             norm_num_groups=8, attention_resolutions=(16,), id_dim=128, dropout=0.0)
@@ -80,12 +83,14 @@ def test_yardstick_end_to_end(tmp_path):
             "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
     model = save_model_dir(tmp_path / "model", net, info)
     out = tmp_path / "yard"
-    code = main(["yardstick", "--model", f"untrained={model}", "--celeba", str(tmp_path / "prep"), "--orl", str(orl),
+    code = main(["yardstick", "--model", f"untrained={model}", "--celeba", str(tmp_path / "prep"), "--orl", str(orl), "--yale", str(yale),
                  "--train-data", str(tmp_path / "prep"), "--limit", "4", "--steps", "2", "--guidance", "1",
                  "--independent", "", "--diversity-ids", "2", "--diversity-samples", "3", "--device", "cpu",
                  "--out", str(out)])
-    assert code == 0
+    assert code == 1  # a set failed; the others were measured and reported
     table = json.loads((out / "yardstick.json").read_text())
+    assert list(table["failed_sets"]) == ["yale"] and "same-person pairs" in table["failed_sets"]["yale"]
+    assert "Not measured: yale" in (out / "yardstick.md").read_text()
     rows = table["rows"]
     assert {"untrained s=1", "nearest neighbour", "real (original crop)", "real photos", "real photos of one person"} <= set(rows)
     assert rows["real (original crop)"]["orl.acc.conditioning"] is not None  # the 32 px ceiling on pairs too

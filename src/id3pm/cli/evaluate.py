@@ -86,7 +86,7 @@ def cmd_yardstick(args):
     table = run_yardstick(base, sets)
     print(render_yardstick(table))
     print(f"{args.out}/yardstick.md, {args.out}/yardstick.json; each set's report in {args.out}/<set>/report.md")
-    return 0
+    return 1 if table["failed_sets"] else 0
 
 
 @flags_of("yardstick")

@@ -334,6 +334,9 @@ class Evaluation:
         emb = {name: encode_all(enc, photos, False, f"verification: {name}", keys=paths) for name, enc in self.encoders}
         same = np.array([p.same for p in pairs])
         folds = np.array([p.fold for p in pairs])
+        if same.all() or not same.any():
+            raise ValueError(f"{self.cfg.pairs}: the {len(pairs)} pairs used are all "
+                             f"{'same' if same.all() else 'different'}-person pairs; a threshold needs both")
         firsts = sorted({where[p.a] for p in pairs if p.same})
         results, real_distances = {}, {}
         rows = {"real images": None}

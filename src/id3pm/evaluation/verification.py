@@ -94,18 +94,29 @@ def write_pair_csv(pairs: list[Pair], path: str | Path) -> None:
 
 
 def spread_over_folds(pairs: list[Pair], limit: int | None) -> list[Pair]:
-    """At most `limit` pairs, taken in turn from each fold (each in file order): k-fold
-    accuracy needs at least two folds, and the first N pairs of a file are often one fold."""
+    """At most `limit` pairs, taken in turn from each fold, and within a fold in turn from its
+    same-person and different-person pairs (each in file order): k-fold accuracy needs at
+    least two folds and a threshold needs both kinds, while a pairs file often lists fold by
+    fold and, within a fold, all positives first (LFW's and the yardstick's do)."""
     if limit is None or limit >= len(pairs):
         return pairs
     by_fold: dict[int, list[Pair]] = {}
     for pair in pairs:
         by_fold.setdefault(pair.fold, []).append(pair)
-    queues = [iter(fold) for fold in by_fold.values()]
+    queues = [iter(alternate_same_and_different(fold)) for fold in by_fold.values()]
     taken: list[Pair] = []
     while len(taken) < limit:
         taken += [p for p in (next(q, None) for q in queues) if p is not None][: limit - len(taken)]
     return taken
+
+
+def alternate_same_and_different(pairs: list[Pair]) -> list[Pair]:
+    """Same-person and different-person pairs in turn (each kind in its order), the rest of
+    the more numerous kind at the end."""
+    same, different = [p for p in pairs if p.same], [p for p in pairs if not p.same]
+    mixed = [p for duo in zip(same, different) for p in duo]
+    n = min(len(same), len(different))
+    return mixed + same[n:] + different[n:]
 
 
 def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:

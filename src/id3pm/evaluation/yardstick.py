@@ -19,6 +19,7 @@ training log takes as columns.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,14 +69,18 @@ def yardstick_sets(work: Path, celeba=None, aaf=None, orl=None, yale=None) -> li
 def run_yardstick(base: EvalConfig, sets: list[YardstickSet]) -> dict:
     """One evaluation per set (base's models, encoders and sampling settings), then the table."""
     out = Path(base.out)
-    per_set = {}
+    per_set, failed = {}, {}
     for s in sets:
         # the diversity set also takes the prior-start rows: spread against identity is one question
         cfg = replace(base, out=str(out / s.name), data=s.data, pairs=s.pairs, pairs_root=s.pairs_root,
                       diversity_ids=base.diversity_ids if s.diversity else 0, split="holdout",
                       prior_starts=base.prior_starts if s.diversity else [])
-        per_set[s.name] = Evaluation(cfg).run()
-    table = yardstick_table(per_set)
+        try:
+            per_set[s.name] = Evaluation(cfg).run()
+        except (ValueError, OSError) as e:  # one bad set costs its own columns, not the others' (hours of sampling)
+            failed[s.name] = str(e)
+            print(f"yardstick: set {s.name} not measured: {e}", file=sys.stderr)
+    table = {**yardstick_table(per_set), "failed_sets": failed}
     atomic_write_json(out / "yardstick.json", table)
     atomic_write_bytes(out / "yardstick.md", render_yardstick(table).encode())
     return table
@@ -130,4 +135,5 @@ def render_yardstick(table: dict) -> str:
                                                          if "ms_ssim" not in c else f"{row[c]:.3f}") for c in mine]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [f"Not measured: {name}: {why}" for name, why in table.get("failed_sets", {}).items()]
     return "\n".join(lines)
