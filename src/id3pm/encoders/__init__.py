@@ -15,6 +15,7 @@ BACKENDS = {
     "remote": "id3pm.encoders.remote:RemoteEncoder",
     "table": "id3pm.encoders.table:TableEncoder",
     "faceres": "id3pm.encoders.faceres:FaceresEncoder",
+    "mobilefacenet": "id3pm.encoders.mobilefacenet:MobileFaceNetEncoder",
     "protected": "id3pm.encoders.protected:ProtectedEncoder",  # any of the above + a template transform
 }
 
