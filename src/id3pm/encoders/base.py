@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from id3pm.alignment import CANONICAL_SIZE, FaceAligner, recrop, warp, chip_transform
+from id3pm.alignment import CANONICAL_SIZE, FaceAligner, MultipleFacesError, NoFaceError, chip_transform, recrop, warp
 from id3pm.images import ImageError, check_rgb
 
 
@@ -71,6 +71,17 @@ class Encoder(ABC):
         note = f"{name}: {face.num_faces} faces found, used the largest" if face.num_faces > 1 else None
         # Cut straight from the photo at the encoder's own padding and size (no double resampling).
         return warp(photo, chip_transform(face.landmarks5, self.crop.size, self.crop.padding), self.crop.size), note
+
+    def largest_face_landmarks68(self, photo: np.ndarray, name: str) -> tuple[np.ndarray, str | None]:
+        """The 68 landmarks of the photo's largest face, for encoders with their own template
+        (ArcFace 5-point): the same no-face / several-faces rules as crop_from_photo."""
+        boxes = self.aligner.detect(photo)
+        if not boxes:
+            raise NoFaceError(f"{name}: no face found")
+        if len(boxes) > 1 and self.multiple_faces == "error":
+            raise MultipleFacesError(f"{name}: {len(boxes)} faces found, expected one")
+        note = f"{name}: {len(boxes)} faces found, used the largest" if len(boxes) > 1 else None
+        return self.aligner.landmarks(photo, boxes[0], points=68), note
 
     # -- the interface --------------------------------------------------------------
     def encode(

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from id3pm.alignment import MultipleFacesError, NoFaceError
+from id3pm.alignment import NoFaceError
 from id3pm.encoders.base import Crop, Encoder
 from id3pm.encoders.onnx_encoder import ARCFACE_TEMPLATE, arcface_points
 
@@ -86,13 +86,8 @@ class MobileFaceNetEncoder(Encoder):
         return arcface_crop(canonical, self.aligner.landmarks_aligned(canonical, points=68))
 
     def crop_from_photo(self, photo: np.ndarray, name: str):
-        boxes = self.aligner.detect(photo)
-        if not boxes:
-            raise NoFaceError(f"{name}: no face found")
-        if len(boxes) > 1 and self.multiple_faces == "error":
-            raise MultipleFacesError(f"{name}: {len(boxes)} faces found, expected one")
-        note = f"{name}: {len(boxes)} faces found, used the largest" if len(boxes) > 1 else None
-        return arcface_crop(photo, self.aligner.landmarks(photo, boxes[0], points=68)), note
+        landmarks, note = self.largest_face_landmarks68(photo, name)
+        return arcface_crop(photo, landmarks), note
 
     # -- the network ---------------------------------------------------------------------------
     @staticmethod

@@ -6,7 +6,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from id3pm.alignment import MultipleFacesError, NoFaceError
 from id3pm.encoders.base import Crop, Encoder
 
 # InsightFace's 5-point template for 112x112 ArcFace crops (eye centres, nose tip,
@@ -81,13 +80,8 @@ class OnnxEncoder(Encoder):
     def crop_from_photo(self, photo: np.ndarray, name: str):
         if self.template == "chip":
             return super().crop_from_photo(photo, name)
-        boxes = self.aligner.detect(photo)
-        if not boxes:
-            raise NoFaceError(f"{name}: no face found")
-        if len(boxes) > 1 and self.multiple_faces == "error":
-            raise MultipleFacesError(f"{name}: {len(boxes)} faces found, expected one")
-        note = f"{name}: {len(boxes)} faces found, used the largest" if len(boxes) > 1 else None
-        return self._arcface_warp(photo, self.aligner.landmarks(photo, boxes[0], points=68)), note
+        landmarks, note = self.largest_face_landmarks68(photo, name)
+        return self._arcface_warp(photo, landmarks), note
 
     def encode_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         x = np.stack(crops).astype(np.float32)
