@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "id3pm"
 
 # Lowest first. A newcomer reads them in this order.
 LAYERS = [
-    {"", "files", "hardware", "train_config", "tfjs_graph"},
+    {"", "files", "hardware", "train_config", "tfjs_graph", "tflite_graph"},
     {"images"},
     {"alignment"},
     {"attributes", "encoders", "checkpoint", "diffusion", "models"},
