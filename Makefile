@@ -18,7 +18,10 @@ $(STAMP):
 
 install: $(STAMP)
 
+# The demo judges with faceres too: fetch it first (needs npm; without it the demo runs on
+# dlib alone and its captions show '-' for faceres).
 demo: $(STAMP)
+	-scripts/fetch_human_models.sh
 	$(BIN)/python scripts/demo.py --out demo_out
 
 # The independent FR models (faceres, from the npm package @vladmandic/human; mobilefacenet,

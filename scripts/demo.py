@@ -66,7 +66,15 @@ def independent_encoder():
         enc.encode([np.zeros((64, 64, 3), np.uint8)], aligned=True)  # loads the graph now
         return enc, ""
     except Exception as err:  # missing model files: the demo still runs on dlib alone
-        return None, f"faceres unavailable ({str(err).splitlines()[0][:80]}); run `make models`"
+        reason = str(err).splitlines()[0]
+        if "make models" not in reason:
+            reason += "; run `make models`"
+        return None, f"faceres unavailable, its distances show as '-': {reason}"
+
+
+def distance_text(d: float) -> str:
+    """A caption's distance: '-' where none was measured (no face found, or no faceres)."""
+    return f"{d:.2f}" if np.isfinite(d) else "-"
 
 
 def verdict(name: str, d: np.ndarray, threshold: float, what: str) -> str:
@@ -118,7 +126,7 @@ def run(out: Path, smoke_steps: int, model: str | None = None) -> int:
                 d_ind = ind.identity_distance(ind.encode(list(images), aligned=True).vectors, ref)
             per_face[f"s={g:g}"] = {"dlib": d_cond.tolist(), "faceres": d_ind.tolist()}
             row += list(images)
-            caps += [f"s{g:g} {dc:.2f}/{di:.2f}" for dc, di in zip(d_cond, d_ind)]
+            caps += [f"s{g:g} {distance_text(dc)}/{distance_text(di)}" for dc, di in zip(d_cond, d_ind)]
         rows.append(row)
         labels.append(name[:12])
         captions.append(caps)

@@ -88,3 +88,12 @@ def test_version_and_help_with_defaults_without_importing_torch():
     assert out == ["False", "True"]  # help is fast (no torch import) and lists defaults
     with pytest.raises(SystemExit):
         main(["--version"])
+
+
+def test_help_shows_each_default_once_and_no_empty_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["invert", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: the shipped reference model)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert text.count("(default: 25)") >= 1 and "(default: 2.0)" in text

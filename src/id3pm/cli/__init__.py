@@ -13,6 +13,18 @@ from id3pm.files import DiskFullError, is_disk_full
 ORDER = ["prepare", "augment", "merge", "protect", "train", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "yardstick", "serve"]
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Lists each flag's default, except where there is none to show (None, False) or
+    where the help text already says it in words ("default: the shipped model"):
+    argparse's own formatter would print both."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from id3pm import __version__
 
@@ -22,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ORDER:
         spec = COMMANDS[name]
         p = sub.add_parser(name, help=spec["help"], description=spec["help"],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
         spec["flags"](p)
         p.set_defaults(func=spec["run"])
     return parser
