@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from id3pm.diffusion import GaussianDiffusion, make_betas
-from id3pm.encoders import EncodeResult, Encoder, check_vectors, identity_distance, make_encoder
+from id3pm.encoders import EncodeResult, Encoder, check_vectors, identity_distance, make_encoder, parse_encoder_spec
 from id3pm.images import tensor_to_uint8
 from id3pm.modeldir import load_model_dir, shipped_path
 from id3pm.prior import as_input as prior_as_input
@@ -46,12 +46,34 @@ def _shown(out: PipelineOutput) -> np.ndarray:
     return out.upscaled if out.upscaled is not None else out.images
 
 
+def adapted_encoder(info: dict, encoder, adapter):
+    """(encoder spec or None, Adapter or None) for from_pretrained: an encoder other than
+    the model's needs an adapter, and an adapter must match both ends. Nothing is built
+    here: the pipeline builds its encoder when it first needs one."""
+    spec = parse_encoder_spec(encoder) if isinstance(encoder, str) else (None if encoder is None else dict(encoder))
+    if adapter is None:
+        if spec is not None and spec["name"] != info["encoder"]["name"]:
+            raise ValueError(f"the model is conditioned on {info['encoder']['name']} vectors; to invert "
+                             f"{spec['name']} templates pass an adapter (`id3pm adapt`)")
+        return spec, None
+    from id3pm.adapter import Adapter
+
+    adapt = Adapter.load(adapter)
+    spec = spec or dict(adapt.config.source)
+    adapt.check(spec["name"], info["encoder"], int(info["id_dim"]), where=f"adapter {adapter}")
+    return spec, adapt
+
+
 class ID3PMPipeline:
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu", encoder: Encoder | None = None,
-                 precision: str = "auto", prior: torch.nn.Module | None = None, prior_start: float = PRIOR_START):
+                 precision: str = "auto", prior: torch.nn.Module | None = None, prior_start: float = PRIOR_START,
+                 adapter=None):
         """prior: the regression decoder g(y) of a model trained with `--prior` (id3pm.prior).
         prior_start: with a prior, sampling starts from g(y) noised to this fraction of the
-        schedule instead of from pure noise at its end (id3pm.prior.PRIOR_START: why)."""
+        schedule instead of from pure noise at its end (id3pm.prior.PRIOR_START: why).
+        adapter: an id3pm.adapter.Adapter from another FR model's space into the model's:
+        the pipeline then takes, encodes and judges by that model's templates (id_dim is
+        its length) and maps them into the conditioning space just before the network."""
         if info.get("prior") and prior is None:
             raise ValueError("this model was trained with a regression prior: pass prior=")
         if not 0 < prior_start <= 1:
@@ -64,8 +86,13 @@ class ID3PMPipeline:
         self.device = torch.device(device)
         self.diffusion = GaussianDiffusion(make_betas(info["diffusion"]["schedule"], info["diffusion"]["num_timesteps"]))
         self._encoder = encoder
+        self.encoder_spec: dict | None = None  # what to build when no encoder is given (from_pretrained's encoder=)
         self.image_size = int(info["image_size"])
-        self.id_dim = int(info["id_dim"])
+        self.id_dim = int(info["id_dim"])  # the length of the templates the pipeline takes
+        self.adapter = adapter
+        if adapter is not None:
+            adapter.check(getattr(encoder, "name", None), info["encoder"], self.id_dim)
+            self.id_dim = adapter.config.source_dim
         self.model_path: str | None = None
         self.upscaler = None  # id3pm.superres.DiffusionUpscaler or LanczosUpscaler, for upscale=True
         if precision == "auto":  # bf16 where it is free of doubt (GPU); on CPUs it is opt-in
@@ -76,10 +103,13 @@ class ID3PMPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, precision: str = "auto",
-                        prior_start: float = PRIOR_START):
+                        prior_start: float = PRIOR_START, encoder: str | dict | None = None,
+                        adapter: str | Path | None = None):
         """Load a model folder; path=None takes the shipped reference model. precision:
         "fp32", "bf16" (autocast; about 2.2x faster on a CPU with AVX512-BF16, noise
-        predictions within ~0.05 of fp32) or "auto" (bf16 on GPU, fp32 on CPU)."""
+        predictions within ~0.05 of fp32) or "auto" (bf16 on GPU, fp32 on CPU).
+        encoder + adapter: invert another FR model's templates through an adapter folder
+        (`id3pm adapt`); a mismatched pair is refused."""
         if path is None:
             path = shipped_path("base")
             if path is None:
@@ -89,17 +119,26 @@ class ID3PMPipeline:
         if info.get("task") not in ("base", "regression"):
             raise ValueError(f"{path}: a {info.get('task')!r} model is not an identity-conditioned generator")
         prior = load_model_dir(prior_folder(path), device=device)[0] if info.get("prior") else None
-        pipe = cls(model, info, device, precision=precision, prior=prior, prior_start=prior_start)
+        spec, adapt = adapted_encoder(info, encoder, adapter)
+        pipe = cls(model, info, device, precision=precision, prior=prior, prior_start=prior_start, adapter=adapt)
+        pipe.encoder_spec = spec
         pipe.model_path = str(path)
         return pipe
 
     # -- the black box --------------------------------------------------------------
     @property
     def encoder(self) -> Encoder:
-        """The encoder the model was conditioned on (built lazily)."""
+        """The black box whose templates the pipeline takes: the one the model was conditioned
+        on, or the adapter's source encoder (built lazily)."""
         if self._encoder is None:
-            self._encoder = make_encoder(dict(self.info["encoder"]))
+            spec = self.encoder_spec or (self.adapter.config.source if self.adapter is not None else self.info["encoder"])
+            self._encoder = make_encoder(dict(spec))
         return self._encoder
+
+    @property
+    def template_encoder(self) -> str:
+        """The name of the FR model whose templates the pipeline takes (without building it)."""
+        return (self.adapter.config.source if self.adapter is not None else self.info["encoder"])["name"]
 
     def encode(self, images: Sequence[np.ndarray], aligned: bool = False, keys=None) -> EncodeResult:
         return self.encoder.encode(images, aligned=aligned, keys=keys)
@@ -112,7 +151,8 @@ class ID3PMPipeline:
             return np.full((n, k), np.nan)
         flat = list(images.reshape(n * k, *images.shape[2:]))
         vectors = self.encoder.encode(flat, aligned=True).vectors.reshape(n, k, -1)
-        return identity_distance(vectors, np.asarray(id_vectors)[:, None, :], self.info.get("distance", "euclidean"))
+        kind = self.encoder.distance if self.adapter is not None else self.info.get("distance", "euclidean")
+        return identity_distance(vectors, np.asarray(id_vectors)[:, None, :], kind)
 
     # -- generation ---------------------------------------------------------------------
     def _attributes(self, attributes, n: int, unset: str = "drop", seed: int = 0):
@@ -186,9 +226,11 @@ class ID3PMPipeline:
                                 reverse=True),
             "seed": seed,
             "model": self.model_path,
-            "encoder": self.info["encoder"].get("name"),
+            "encoder": self.encoder.name if self.adapter is not None else self.info["encoder"].get("name"),
             "precision": self.precision,
         }
+        if self.adapter is not None:
+            params["adapter"] = {"from": self.adapter.config.source["name"], "kind": self.adapter.config.kind}
         if self.prior is not None:  # where sampling started: g(y) noised to this fraction of the schedule
             params["prior_start"] = self.prior_start
         if attributes is not None:
@@ -217,7 +259,10 @@ class ID3PMPipeline:
         gens = make_generators(seeds)
         x = per_image_noise(gens, (3, self.image_size, self.image_size), self.device)
         x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=self.device)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.adapter is not None:  # templates of another FR model -> the conditioning space
+            vectors = self.adapter(vectors)
+        y = torch.as_tensor(vectors, device=self.device)
         start = None
         if start_images is not None:
             start = torch.as_tensor(np.asarray(start_images), device=self.device).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from id3pm.cli import controls, data, evaluate, generate, serve  # noqa: F401  (they register their commands)
+from id3pm.cli import adapt, controls, data, evaluate, generate, serve  # noqa: F401  (they register their commands)
 from id3pm.cli.registry import COMMANDS
 from id3pm.files import DiskFullError, is_disk_full
 
-ORDER = ["prepare", "augment", "merge", "protect", "train", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "yardstick", "serve"]
+ORDER = ["prepare", "augment", "merge", "protect", "train", "adapt", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "yardstick", "serve"]
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

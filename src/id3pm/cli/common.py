@@ -34,6 +34,10 @@ def guidance_scale(text: str) -> float:
 
 def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None:
     p.add_argument("--model", help="model folder (default: the shipped reference model)")
+    p.add_argument("--encoder", help="the FR model whose templates to invert, when it is not the one the model "
+                                      "was conditioned on: needs --adapter (default: the model's own)")
+    p.add_argument("--adapter", help="adapter folder from `id3pm adapt`: maps --encoder's templates into the "
+                                      "model's conditioning space")
     p.add_argument("-n", "--num-images", type=positive_int, default=n_default, help="samples per identity")
     p.add_argument("--guidance", type=guidance_scale, default=2.0, help="classifier-free guidance scale s")
     p.add_argument("--steps", type=positive_int, default=25, help="sampling steps")
@@ -87,7 +91,8 @@ def load_pipeline(args):
     from id3pm.pipeline import ID3PMPipeline
     from id3pm.superres import make_upscaler
 
-    pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
+    pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
+                                         encoder=args.encoder, adapter=args.adapter)
     pipe.upscaler = make_upscaler(args.upscale, device=args.device, size=args.upscale_size)
     if pipe.upscaler is not None:
         print(f"upscaling with {pipe.upscaler.label}", file=sys.stderr)

@@ -20,7 +20,7 @@ def cmd_evaluate(args):
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
         inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
         seed=args.seed, device=args.device, queries=args.queries, searches=args.search, report=args.report,
-        protections=args.protect or [],
+        protections=args.protect or [], adapter=args.adapter,
     )
     metrics = Evaluation(cfg).run()
     print((Path(args.out) / "report.md").read_text())
@@ -33,6 +33,8 @@ def _evaluate_flags(p):
     p.add_argument("--model", action="append", help="model folder, optionally name=path (repeatable); one trained "
                                                     "on protected vectors is an aware attacker of its scheme")
     p.add_argument("--data", help="prepared data set whose held-out split gives the originals")
+    p.add_argument("--adapter", help="adapter folder (`id3pm adapt`): the models invert the templates of --data's "
+                                     "encoder through it (prepare --data and --train-data with that encoder)")
     p.add_argument("--split", default="holdout")
     p.add_argument("--limit", type=int, default=100, help="originals to evaluate (a fixed random sample)")
     p.add_argument("--threshold-ids", type=int, default=2000,

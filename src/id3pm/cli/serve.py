@@ -18,13 +18,16 @@ def cmd_serve(args):
                     header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                     max_queries=args.max_queries)
     serve(args.model, directions=args.directions, host=args.host, port=args.port, token=token, device=args.device,
-          limits=limits, log_level=args.log_level, upscale=args.upscale, cors_origins=args.cors_origin)
+          limits=limits, log_level=args.log_level, upscale=args.upscale, cors_origins=args.cors_origin,
+          encoder=args.encoder, adapter=args.adapter)
     return 0
 
 
 @flags_of("serve")
 def _serve_flags(p):
     p.add_argument("--model", help="model folder (default: the shipped reference model)")
+    p.add_argument("--encoder", help="serve another FR model's templates (needs --adapter; default: the model's own)")
+    p.add_argument("--adapter", help="adapter folder from `id3pm adapt` for --encoder")
     p.add_argument("--directions", help="directions file (from `id3pm directions`) for /v1/edit")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --token")
     p.add_argument("--port", type=int, default=8000)

@@ -68,6 +68,7 @@ class EvalConfig:
     searches: list[str] = field(default_factory=lambda: ["best_of_n", "renoise"])  # how the queries are spent
     report: str = ""  # "attack": also attack.md / attack.png (SAR against queries)
     protections: list[str] = field(default_factory=list)  # template transforms to attack, e.g. "biohash:key=7"
+    adapter: str | None = None  # adapter folder (`id3pm adapt`): the models invert --data's encoder's templates through it
 
 
 class SpreadTools:
@@ -113,7 +114,7 @@ class Evaluation:
         self.pipes, self.protected_pipes = [], []  # models on plain vectors; on protected ones (aware attackers)
         for spec in cfg.models:
             name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
-            pipe = ID3PMPipeline.from_pretrained(path, device=cfg.device)
+            pipe = ID3PMPipeline.from_pretrained(path, device=cfg.device, adapter=cfg.adapter)
             protected = pipe.info["encoder"].get("name") == "protected"
             (self.protected_pipes if protected else self.pipes).append((name or Path(path).name, pipe))
         self.data = PreparedDataset(cfg.data) if cfg.data else None
@@ -126,8 +127,10 @@ class Evaluation:
         else:
             raise ValueError("evaluate needs --data, --model or --pairs")
         for name, pipe in self.pipes:
-            if pipe.info["encoder"].get("name") != enc_spec.get("name"):
-                raise ValueError(f"model {name} was conditioned on {pipe.info['encoder']}, the data on {enc_spec}")
+            if pipe.template_encoder != enc_spec.get("name"):
+                via = " (through its adapter)" if pipe.adapter is not None else ""
+                raise ValueError(f"model {name} takes {pipe.template_encoder} templates{via}, the data holds "
+                                 f"{enc_spec.get('name')} vectors")
         for name, pipe in self.protected_pipes:
             inner = pipe.info["encoder"].get("encoder", {})
             if (inner.get("name") if isinstance(inner, dict) else str(inner).partition(":")[0]) != enc_spec.get("name"):
@@ -240,7 +243,8 @@ class Evaluation:
         path = m.pipe.model_path
         if path not in self.model_digests:
             self.model_digests[path] = folder_digest(path)
-        return {**m.settings(), "model": self.model_digests[path], "seed": self.cfg.seed,
+        adapter = {"adapter": folder_digest(self.cfg.adapter)} if getattr(m.pipe, "adapter", None) is not None else {}
+        return {**m.settings(), "model": self.model_digests[path], **adapter, "seed": self.cfg.seed,
                 "precision": m.pipe.precision, "device": m.pipe.device.type,  # bf16 / GPU samples differ
                 "originals": list(originals)}
 

@@ -56,9 +56,11 @@ def uvicorn_options(limits: Limits) -> dict:
 
 def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           device: str | None = None, limits: Limits | None = None, log_level: str = "info",
-          upscale: str | None = None, cors_origins: list[str] | None = None) -> None:
+          upscale: str | None = None, cors_origins: list[str] | None = None, encoder: str | None = None,
+          adapter: str | None = None) -> None:
     """Load the model and run the API with uvicorn until interrupted. cors_origins: the web
-    origins whose pages may call the API from a browser (none by default)."""
+    origins whose pages may call the API from a browser (none by default). encoder +
+    adapter: serve another FR model's templates through an adapter (`id3pm adapt`)."""
     check_bind(host, token)  # before the (slow) model load
     check_origins(cors_origins or [])
     import uvicorn
@@ -68,7 +70,7 @@ def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000
 
     from id3pm.superres import make_upscaler
 
-    pipe = ID3PMPipeline.from_pretrained(model, device=device)
+    pipe = ID3PMPipeline.from_pretrained(model, device=device, encoder=encoder, adapter=adapter)
     pipe.upscaler = make_upscaler(upscale, device=device)  # requests ask for it with "upscale": true
     limits = limits or Limits()
     app = create_app(pipe, load_directions(directions) if directions else None, token=token, limits=limits,
