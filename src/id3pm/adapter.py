@@ -30,7 +30,11 @@ import torch
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
 FORMAT = "id3pm-adapter/1"
-RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean eigenvalue of the standardised X'X / n
+RIDGE_ALPHAS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean eigenvalue of the standardised X'X / n
+# The MLP is kept only when it beats the ridge map by this much held-out cosine: on
+# MobileFaceNet -> dlib (2,000 CelebA photos) it won by 0.00005, nothing a user would see,
+# at the price of a map that extrapolates less predictably.
+SIMPLER_UNLESS_BEATEN_BY = 0.002
 
 
 @dataclass
@@ -218,10 +222,13 @@ def fit_adapter(x, y, source: dict, source_dim: int, target: dict, target_dim: i
                 chosen[kind] = adapter
         curve.append(row)
     scores = {kind: curve[-1][kind] for kind in kinds}
-    best = max(kinds, key=lambda k: scores[k])
+    top = max(scores.values())  # kinds are listed simplest first: keep the first within the margin of the best
+    best = next(k for k in kinds if scores[k] >= top - SIMPLER_UNLESS_BEATEN_BY)
     adapter = chosen[best]
     adapter.config.fit.update({"photos": int(len(order)), "held_out_photos": int(len(val_idx)),
-                               "held_out_cosine": scores, "chosen_by": "held-out cosine in the target space"})
+                               "held_out_cosine": scores,
+                               "chosen_by": f"held-out cosine in the target space (simpler unless beaten by "
+                                            f"{SIMPLER_UNLESS_BEATEN_BY})"})
     return FitResult(adapter, scores, curve)
 
 

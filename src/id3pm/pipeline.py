@@ -140,6 +140,11 @@ class ID3PMPipeline:
         """The name of the FR model whose templates the pipeline takes (without building it)."""
         return (self.adapter.config.source if self.adapter is not None else self.info["encoder"])["name"]
 
+    @property
+    def template_distance(self) -> str:
+        """How the template encoder's vectors are compared ("euclidean" or "cosine")."""
+        return self.encoder.distance if self.adapter is not None else self.info.get("distance", "euclidean")
+
     def encode(self, images: Sequence[np.ndarray], aligned: bool = False, keys=None) -> EncodeResult:
         return self.encoder.encode(images, aligned=aligned, keys=keys)
 
@@ -151,8 +156,7 @@ class ID3PMPipeline:
             return np.full((n, k), np.nan)
         flat = list(images.reshape(n * k, *images.shape[2:]))
         vectors = self.encoder.encode(flat, aligned=True).vectors.reshape(n, k, -1)
-        kind = self.encoder.distance if self.adapter is not None else self.info.get("distance", "euclidean")
-        return identity_distance(vectors, np.asarray(id_vectors)[:, None, :], kind)
+        return identity_distance(vectors, np.asarray(id_vectors)[:, None, :], self.template_distance)
 
     # -- generation ---------------------------------------------------------------------
     def _attributes(self, attributes, n: int, unset: str = "drop", seed: int = 0):

@@ -115,7 +115,7 @@ def _adapt_flags(p):
     p.add_argument("--data", required=True, help="prepared photos (`id3pm prepare` with the model's encoder); their training split is used")
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--sizes", default="500,2000,8000,all", help="numbers of photos for the quality curve")
-    p.add_argument("--kinds", default="ridge,mlp", help="maps to fit; the one with the best held-out cosine is kept")
+    p.add_argument("--kinds", default="ridge,mlp", help="maps to fit, simplest first; the first within 0.002 of the best held-out cosine is kept")
     p.add_argument("--limit", type=int, help="use at most this many training photos (a seeded sample)")
     p.add_argument("--mlp-steps", type=int, default=2000, help="full-batch AdamW steps of the MLP (early-stopped)")
     p.add_argument("--seed", type=int, default=0)

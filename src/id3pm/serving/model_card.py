@@ -42,6 +42,8 @@ def build_model_card(pipe, directions: dict, limits: Limits, *, encoder: str, me
     return {
         "task": info.get("task"), "image_size": pipe.image_size, "id_dim": pipe.id_dim,
         "encoder": {"name": encoder, "distance": metric},
+        "adapter": None if pipe.adapter is None else {  # templates of `encoder` mapped into the model's space
+            "into": pipe.adapter.config.target["name"], "kind": pipe.adapter.config.kind},
         "samplers": sorted(SAMPLERS),
         "directions": [{"name": d.name, **scrub({k: v for k, v in d.provenance.items()
                                                   if k in ("kind", "label", "component", "encoder")})}

@@ -37,8 +37,8 @@ class Service:
 
     def __init__(self, pipe, batcher: Batcher, limits: Limits):
         self.batcher, self.limits = batcher, limits
-        self.metric = pipe.info.get("distance", "euclidean")
-        self.encoder_name = str(pipe.info.get("encoder", {}).get("name", "unknown"))
+        self.metric = pipe.template_distance  # with an adapter: the templates' encoder, not the model's
+        self.encoder_name = str(pipe.template_encoder)
         self.upscaler = getattr(pipe, "upscaler", None)
         # A decoded upload may take max_pixels x 3 bytes: only a few at once, whatever the traffic.
         self.decode_slots = threading.BoundedSemaphore(2)
