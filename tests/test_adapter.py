@@ -99,12 +99,18 @@ def test_cli_adapt_fits_writes_the_curve_and_refuses_the_models_own_encoder(trai
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
 
 
+def ridge_adapter(model, new_templates, out):
+    """`id3pm adapt` from the new table encoder into the tiny model's space, on all 60 photos."""
+    prepared, new_table, _ = new_templates
+    assert main(["adapt", "--encoder", f"table:path={new_table}", "--model", str(model), "--data", str(prepared),
+                 "--out", str(out), "--sizes", "all", "--kinds", "ridge", "--quiet"]) == 0
+    return out
+
+
 def test_a_template_of_the_new_encoder_generates_its_person_through_the_adapter(trained_tiny, new_templates, tmp_path):
     path, images, vectors = trained_tiny
-    prepared, new_table, mix = new_templates
-    out = tmp_path / "adapter"
-    main(["adapt", "--encoder", f"table:path={new_table}", "--model", str(path), "--data", str(prepared),
-          "--out", str(out), "--sizes", "all", "--kinds", "ridge", "--quiet"])
+    mix = new_templates[2]
+    out = ridge_adapter(path, new_templates, tmp_path / "adapter")
     direct = ID3PMPipeline.from_pretrained(path, device="cpu")
     adapted = ID3PMPipeline.from_pretrained(path, device="cpu", adapter=out)
     assert adapted.id_dim == 12 and adapted.encoder.name == "table"
@@ -133,11 +139,8 @@ def test_the_server_takes_and_describes_the_new_encoders_templates(trained_tiny,
     from id3pm.serving import Limits, create_app
 
     path, _, vectors = trained_tiny
-    prepared, new_table, mix = new_templates
-    out = tmp_path / "adapter"
-    main(["adapt", "--encoder", f"table:path={new_table}", "--model", str(path), "--data", str(prepared),
-          "--out", str(out), "--sizes", "all", "--kinds", "ridge", "--quiet"])
-    pipe = ID3PMPipeline.from_pretrained(path, device="cpu", adapter=out)
+    mix = new_templates[2]
+    pipe = ID3PMPipeline.from_pretrained(path, device="cpu", adapter=ridge_adapter(path, new_templates, tmp_path / "a"))
     with TestClient(create_app(pipe, None, limits=Limits(rate=0))) as client:
         card = client.get("/v1/model").json()
         assert card["id_dim"] == 12 and card["adapter"] == {"into": "table", "kind": "ridge"}
