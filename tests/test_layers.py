@@ -13,7 +13,7 @@ LAYERS = [
     {"images"},
     {"alignment"},
     {"attributes", "encoders", "checkpoint", "diffusion", "models"},
-    {"data", "sampling", "modelcheck", "modeldir", "prior", "controls", "outputs"},
+    {"data", "sampling", "modelcheck", "modeldir", "prior", "controls", "outputs", "adapter"},
     {"pipeline", "refine", "superres", "training"},
     {"evaluation", "serving"},
     {"cli"},
