@@ -148,3 +148,24 @@ def test_the_server_takes_and_describes_the_new_encoders_templates(trained_tiny,
         assert ok.status_code == 200, ok.text
         short = client.post("/v1/generate", json={"vector": vectors[0].tolist(), "n": 1, "steps": 4})
         assert short.status_code == 422 and "12" in short.text  # the model's own 8-d vectors are refused
+
+
+def test_evaluate_takes_the_adapters_templates_and_refuses_others(trained_tiny, new_templates, tmp_path):
+    from id3pm.data import PrepareConfig, prepare
+    from id3pm.evaluation import EvalConfig, Evaluation
+
+    prepared, new_table, _ = new_templates
+    mfn = Adapter(AdapterConfig(source={"name": "mobilefacenet"}, source_dim=192, target={"name": "table"}, target_dim=8))
+    mfn.save(tmp_path / "mfn")
+    cfg = EvalConfig(out=str(tmp_path / "eval"), models=[str(trained_tiny[0])], data=str(prepared),
+                     independent=None, adapter=str(tmp_path / "mfn"))
+    with pytest.raises(ValueError, match=r"takes 192-d mobilefacenet templates \(through its adapter\), the data holds 8-d"):
+        Evaluation(cfg)
+    adapter = ridge_adapter(trained_tiny[0], new_templates, tmp_path / "table")
+    with pytest.raises(ValueError, match="takes 12-d table templates .* holds 8-d table vectors"):
+        Evaluation(EvalConfig(**{**cfg.__dict__, "adapter": str(adapter)}))  # the model's own vectors, not templates
+    new_data = tmp_path / "prepared-new"  # the same photos prepared with the new black box
+    prepare(PrepareConfig(src=str(prepared.parent / "src"), out=str(new_data), encoder={"name": "table", "path": str(new_table)},
+                          sizes=(8,), holdout=0.0, workers=1, aligned=True, image_format="png"), progress=False)
+    ok = Evaluation(EvalConfig(**{**cfg.__dict__, "adapter": str(adapter), "data": str(new_data)}))
+    assert ok.pipes[0][1].id_dim == 12 and ok.cond.dim == 12

@@ -127,10 +127,10 @@ class Evaluation:
         else:
             raise ValueError("evaluate needs --data, --model or --pairs")
         for name, pipe in self.pipes:
-            if pipe.template_encoder != enc_spec.get("name"):
+            if pipe.template_encoder != enc_spec.get("name") or (self.data is not None and self.data.id_dim != pipe.id_dim):
                 via = " (through its adapter)" if pipe.adapter is not None else ""
-                raise ValueError(f"model {name} takes {pipe.template_encoder} templates{via}, the data holds "
-                                 f"{enc_spec.get('name')} vectors")
+                raise ValueError(f"model {name} takes {pipe.id_dim}-d {pipe.template_encoder} templates{via}, the data "
+                                 f"holds {self.data.id_dim if self.data is not None else '?'}-d {enc_spec.get('name')} vectors")
         for name, pipe in self.protected_pipes:
             inner = pipe.info["encoder"].get("encoder", {})
             if (inner.get("name") if isinstance(inner, dict) else str(inner).partition(":")[0]) != enc_spec.get("name"):
