@@ -77,7 +77,8 @@ def photo_groups(data, idx):
     """A person per photo where the set knows identities (the held-out photos are other
     people), else each photo its own group."""
     ids = data.identities(idx)
-    keys = [data.keys[i] for i in idx]
+    all_keys = data.keys  # a property that lists every key of the set: read it once
+    keys = [all_keys[i] for i in idx]
     return [k if ids is None or ids[j] is None else ids[j] for j, k in enumerate(keys)]
 
 
