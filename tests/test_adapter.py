@@ -169,3 +169,20 @@ def test_evaluate_takes_the_adapters_templates_and_refuses_others(trained_tiny, 
                           sizes=(8,), holdout=0.0, workers=1, aligned=True, image_format="png"), progress=False)
     ok = Evaluation(EvalConfig(**{**cfg.__dict__, "adapter": str(adapter), "data": str(new_data)}))
     assert ok.pipes[0][1].id_dim == 12 and ok.cond.dim == 12
+
+
+def test_adapt_takes_templates_that_reencode_stored(trained_tiny, new_templates, tmp_path):
+    """`adapt --templates SET` (vectors of the new FR model from `id3pm reencode`) fits the
+    adapter that `adapt --encoder NEW` fits by encoding the photos itself."""
+    prepared, new_table, _ = new_templates
+    assert main(["reencode", str(prepared), str(tmp_path / "new-set"), "--encoder", f"table:path={new_table}",
+                 "--quiet"]) == 0
+    assert main(["adapt", "--templates", str(tmp_path / "new-set"), "--model", str(trained_tiny[0]), "--data",
+                 str(prepared), "--out", str(tmp_path / "from-set"), "--sizes", "all", "--kinds", "ridge", "--quiet"]) == 0
+    encoded = ridge_adapter(trained_tiny[0], new_templates, tmp_path / "encoded")
+    a, b = Adapter.load(tmp_path / "from-set"), Adapter.load(encoded)
+    assert a.config.source == b.config.source and a.config.source_dim == 12
+    probe = np.random.default_rng(3).normal(size=(5, 12)).astype(np.float32)
+    np.testing.assert_allclose(a(probe), b(probe), rtol=1e-4, atol=1e-5)
+    assert main(["adapt", "--model", str(trained_tiny[0]), "--data", str(prepared), "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 2  # neither --encoder nor --templates

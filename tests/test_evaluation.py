@@ -14,6 +14,7 @@ from skimage import data as skdata
 
 from id3pm.cli import main
 from id3pm.encoders import identity_distance, make_encoder
+from id3pm.evaluation import EvalConfig, Evaluation
 from id3pm.evaluation.features import LPIPS, InceptionFeatures
 from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
 from id3pm.evaluation.verification import best_threshold, kfold_accuracy, read_lfw_pairs, read_pair_csv, roc_auc
@@ -384,3 +385,42 @@ def test_a_pairs_limit_takes_pairs_from_every_fold_and_one_fold_is_a_clear_error
     assert [p.a for p in taken[:3]] == ["a00", "a10", "a20"] and [p.a for p in taken[3:]] == ["a02", "a12", "a22"]
     with pytest.raises(ValueError, match="at least 2 folds"):
         kfold_accuracy([0.1, 0.9], [True, False], [0, 0])
+
+
+def test_a_margin_loss_model_judges_every_row(tmp_path):
+    """--judges adds MobileFaceNet's columns to the identity, SAR and verification tables
+    (real vectors of real crops); the conditioning encoder is never its own extra judge."""
+    try:
+        make_encoder("mobilefacenet")
+    except FileNotFoundError as e:
+        missing_asset(f"MobileFaceNet missing ({e}); run `make models`")
+    src, prep, model, _, _ = astronaut_set_and_model(tmp_path)
+    (tmp_path / "pairs.csv").write_text("path_a,path_b,same,fold\n" + "".join(
+        f"a{i}.png,a{(i + 1) % 6}.png,{1 if i % 2 else 0},{i % 2}\n" for i in range(6)))
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", f"untrained={model}", "--data", str(prep), "--limit", "3",
+                 "--independent", "", "--judges", "dlib,mobilefacenet", "--pairs", str(tmp_path / "pairs.csv"),
+                 "--pairs-root", str(src), "--guidance", "1", "--steps", "2", "--diversity-ids", "0",
+                 "--baselines", "nn", "--out", str(out), "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["identity"]["untrained s=1"]) == {"conditioning", "mobilefacenet"}  # dlib judges once
+    mfn = {row: entry["mobilefacenet"]["mean"] for row, entry in m["identity"].items()}
+    # the originals' own crops are the vectors judged against; other photos of the astronaut are near
+    # (cosine distance), the untrained model's noise is far
+    assert mfn["real (original crop)"] < 1e-4 and mfn["nearest neighbour"] < 0.5 < mfn["untrained s=1"]
+    sar = m["sar_type1"]["nearest neighbour"]["mobilefacenet"]["fmr=0.01"]
+    assert sar["n"] == 3 and sar["impostor_pairs"] == 3
+    verification = m["verification"]["rows"]
+    assert verification["real images"]["mobilefacenet"]["failed_pairs"] == 0
+    assert "sar_type2" in verification["untrained s=1"]["mobilefacenet"]
+    assert "mobilefacenet SAR @FMR 1%" in (out / "report.md").read_text()
+    assert np.load(out / "distances.npz")["untrained s=1 | mobilefacenet"].shape == (3,)
+
+
+def test_a_judge_without_its_model_file_is_a_note(tmp_path):
+    _, prep, _, _, _ = astronaut_set_and_model(tmp_path)
+    ev = Evaluation(EvalConfig(out=str(tmp_path / "eval"), data=str(prep), independent=None, baselines=[],
+                               judges=[f"mobilefacenet:models_dir={tmp_path / 'nowhere'}"]))
+    assert [name for name, _ in ev.encoders] == ["conditioning"]
+    assert len(ev.metrics["notes"]) == 1 and "judge mobilefacenet skipped" in ev.metrics["notes"][0]
+    assert "make models" in ev.metrics["notes"][0]

@@ -128,16 +128,18 @@ def test_sar_thresholds_come_from_more_images_than_the_evaluated_ones(people):
 
     cond, independent = LinearPixelEncoder(32, seed=1), LinearPixelEncoder(24, seed=2)
     ev = Evaluation.__new__(Evaluation)  # only the parts threshold_population reads
-    ev.cfg, ev.size, ev.ind = EvalConfig(out="unused", limit=5, threshold_ids=30), 8, independent
+    ev.cfg, ev.size, ev.judges = EvalConfig(out="unused", limit=5, threshold_ids=30), 8, [("independent", independent)]
     ev.data = SplitOfFaces(people[1], cond)
     idx = ev.data.sample_indices("holdout", 5)
     own = independent.encode(people[1][idx]).vectors
-    cond_all, ind_all = ev.threshold_population(idx, ev.data.vectors(idx), own)
+    cond_all, judged = ev.threshold_population(idx, ev.data.vectors(idx), {"independent": own})
+    ind_all = judged["independent"]
     population = ev.data.sample_indices("holdout", 30)
     assert cond_all.shape == (30, 32) and ind_all.shape == (30, 24)
     np.testing.assert_allclose(cond_all, ev.data.stored[population])  # stored vectors of the 30 images
     np.testing.assert_allclose(ind_all, independent.encode(people[1][population]).vectors, rtol=1e-6)
-    assert ev.threshold_population(idx, cond_all[:5], None)[1] is None  # no independent encoder
+    ev.judges = []
+    assert ev.threshold_population(idx, cond_all[:5], {})[1] == {}  # no encoder but the conditioning one
 
 
 class PlainVectors:

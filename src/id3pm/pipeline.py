@@ -131,10 +131,10 @@ class ID3PMPipeline:
         """The black box whose templates the pipeline takes: the one the model was conditioned
         on, or the adapter's source encoder (built lazily)."""
         if self._encoder is None:
-            self._encoder = make_encoder(dict(self._template_spec()))
+            self._encoder = make_encoder(dict(self.template_spec()))
         return self._encoder
 
-    def _template_spec(self) -> dict:
+    def template_spec(self) -> dict:
         """The spec of that black box: from_pretrained's encoder=, else the adapter's source,
         else the model's own encoder."""
         return self.encoder_spec or (self.adapter.config.source if self.adapter is not None else self.info["encoder"])
@@ -142,7 +142,7 @@ class ID3PMPipeline:
     @property
     def template_encoder(self) -> str:
         """The name of the FR model whose templates the pipeline takes (without building it)."""
-        return self._template_spec()["name"]
+        return self.template_spec()["name"]
 
     @property
     def template_distance(self) -> str:

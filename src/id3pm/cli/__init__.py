@@ -10,7 +10,7 @@ from id3pm.cli import adapt, controls, data, evaluate, generate, serve  # noqa: 
 from id3pm.cli.registry import COMMANDS
 from id3pm.files import DiskFullError, is_disk_full
 
-ORDER = ["prepare", "augment", "merge", "protect", "train", "adapt", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "yardstick", "serve"]
+ORDER = ["prepare", "augment", "merge", "protect", "reencode", "train", "adapt", "invert", "sample", "sweep", "interpolate", "directions", "edit", "evaluate", "yardstick", "serve"]
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -26,27 +26,33 @@ def cmd_adapt(args):
     info = read_info(model)
     data = PreparedDataset(args.data)
     check_same_space(data, info, args.data, model)
-    encoder = make_encoder(args.encoder)
-    if encoder.spec() == dict(info["encoder"]):
-        raise ValueError(f"--encoder {args.encoder} is the model's own encoder: it needs no adapter")
     idx = training_photos(data, args.limit, args.seed)
     out = Path(args.out)
-    x = reencode(data, idx, encoder, out / ".encoded", progress=not args.quiet)
+    if args.templates:  # the new FR model's vectors of the same photos, already computed (`id3pm reencode`)
+        x, spec = stored_templates(PreparedDataset(args.templates), data, idx)
+    else:
+        if not args.encoder:
+            raise ValueError("adapt needs --encoder (the new FR model) or --templates (a set it encoded)")
+        encoder = make_encoder(args.encoder)
+        x, spec = reencode(data, idx, encoder, out / ".encoded", progress=not args.quiet), encoder.spec()
+    if spec == dict(info["encoder"]):
+        raise ValueError(f"{spec['name']} is the model's own encoder: it needs no adapter")
     ok = np.isfinite(x).all(1)
     if not ok.all():
-        print(f"skipped {int((~ok).sum())} of {len(idx)} photos: {encoder.name} found no usable face in them", file=sys.stderr)
+        print(f"skipped {int((~ok).sum())} of {len(idx)} photos: no {spec['name']} template for them", file=sys.stderr)
     idx, x = idx[ok], x[ok]
     groups = photo_groups(data, idx)
     sizes = [None if s == "all" else int(s) for s in args.sizes.split(",")]
-    result = fit_adapter(x, data.vectors(idx), encoder.spec(), encoder.dim, dict(info["encoder"]), int(info["id_dim"]),
+    result = fit_adapter(x, data.vectors(idx), spec, x.shape[1], dict(info["encoder"]), int(info["id_dim"]),
                          groups=groups, kinds=tuple(args.kinds.split(",")), curve_sizes=sizes, seed=args.seed,
                          mlp_steps=args.mlp_steps)
-    result.adapter.config.fit.update({"data": str(args.data), "model": str(model)})
+    result.adapter.config.fit.update({"data": str(args.data), "model": str(model),
+                                      **({"templates": str(args.templates)} if args.templates else {})})
     result.adapter.save(out)
     atomic_write_json(out / "curve.json", {"curve": result.curve, "scores": result.scores,
-                                           "chosen": result.adapter.config.kind, "encoder": encoder.spec(),
+                                           "chosen": result.adapter.config.kind, "encoder": spec,
                                            "target": info["encoder"], "photos": int(len(idx))})
-    curve_plot(result.curve, out / "curve.png", f"{encoder.name} -> {info['encoder']['name']}")
+    curve_plot(result.curve, out / "curve.png", f"{spec['name']} -> {info['encoder']['name']}")
     print(curve_table(result.curve))
     print(f"chose {result.adapter.config.kind} (held-out cosine {result.scores[result.adapter.config.kind]:.4f}); "
           f"adapter: {out}; curve: {out / 'curve.png'}")
@@ -59,6 +65,21 @@ def check_same_space(data, info: dict, data_path, model) -> None:
     if have != info["encoder"]["name"] or data.id_dim != int(info["id_dim"]):
         raise ValueError(f"{data_path} holds {have} vectors ({data.id_dim}-d) but {model} is conditioned on "
                          f"{info['encoder']['name']} ({info['id_dim']}-d): prepare the photos with the model's encoder")
+
+
+def stored_templates(templates, data, idx):
+    """(vectors, encoder spec): the templates set's vectors of the photos data[idx], matched by
+    key (NaN rows for photos it lacks, e.g. where its encoder found no face)."""
+    import numpy as np
+
+    where = {k: i for i, k in enumerate(templates.keys)}
+    all_keys = data.keys
+    rows = np.array([where.get(all_keys[i], -1) for i in idx])
+    if not (rows >= 0).any():
+        raise ValueError(f"{templates.path} holds none of the training photos of {data.path}: reencode that set")
+    x = np.full((len(idx), templates.id_dim), np.nan, np.float32)
+    x[rows >= 0] = templates.vectors(rows[rows >= 0])
+    return x, dict(templates.manifest["encoder"])
 
 
 def training_photos(data, limit: int | None, seed: int):
@@ -111,7 +132,10 @@ def curve_plot(curve: list, path: Path, title: str) -> None:
 
 @flags_of("adapt")
 def _adapt_flags(p):
-    p.add_argument("--encoder", required=True, help="the new FR model: mobilefacenet, faceres, onnx:path=F.onnx, ...")
+    p.add_argument("--encoder", help="the new FR model: mobilefacenet, faceres, onnx:path=F.onnx, ... (it encodes the "
+                                     "photos' stored crops; or give --templates)")
+    p.add_argument("--templates", help="the same photos already encoded by the new FR model (`id3pm reencode DATA "
+                                       "OUT --encoder NEW`): their vectors are used, matched by key")
     p.add_argument("--model", help="model folder whose conditioning space to map into (default: the shipped reference model)")
     p.add_argument("--data", required=True, help="prepared photos (`id3pm prepare` with the model's encoder); their training split is used")
     p.add_argument("--out", required=True, help="adapter folder to write")

@@ -135,6 +135,27 @@ def _protect_flags(p):
                    "noise:snr_db=10,key=7 | pca:path=BASIS.npz,k=32")
 
 
+@command("reencode", "the crops of a prepared set encoded by another FR model, as a new prepared set")
+def cmd_reencode(args):
+    from id3pm.data.reencode import reencode_prepared
+    from id3pm.encoders import make_encoder
+
+    m = reencode_prepared(args.src, args.out, make_encoder(args.encoder), progress=not args.quiet)
+    lost = m["skipped"].get(f"{m['encoder']['name']}: no usable face", 0)
+    print(f"{args.out}: {m['counts']['train']} train, {m['counts']['holdout']} holdout {m['id_dim']}-d vectors of "
+          f"{m['encoder']['name']}" + (f"; {lost} photos left out (no usable face)" if lost else ""))
+    return 0
+
+
+@flags_of("reencode")
+def _reencode_flags(p):
+    p.add_argument("src", help="prepared set (id3pm prepare)")
+    p.add_argument("out", help="output folder: the same crops, labels and split, the new encoder's vectors "
+                              "(rerun to continue an interrupted run)")
+    p.add_argument("--encoder", required=True, help="mobilefacenet | faceres | onnx:path=F.onnx,... | remote:url=...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 @command("train", "train a model on a prepared data set")
 def cmd_train(args):
     from id3pm.train_config import TrainConfig

@@ -7,6 +7,10 @@ from pathlib import Path
 from id3pm.cli.registry import command, flags_of
 
 
+def judge_list(text: str) -> list[str]:
+    return [j.strip() for j in text.split(",") if j.strip()]
+
+
 @command("evaluate", "identity distance, verification accuracy, diversity and FID of reconstructions vs baselines")
 def cmd_evaluate(args):
     from id3pm.evaluation import EvalConfig, Evaluation
@@ -15,7 +19,7 @@ def cmd_evaluate(args):
         out=args.out, models=args.model or [], data=args.data, split=args.split, limit=args.limit,
         threshold_ids=args.threshold_ids,
         train_data=args.train_data, baselines=[b for b in args.baselines.split(",") if b],
-        independent=args.independent or None, encoder=args.encoder, pairs=args.pairs, pairs_root=args.pairs_root,
+        independent=args.independent or None, judges=judge_list(args.judges), encoder=args.encoder, pairs=args.pairs, pairs_root=args.pairs_root,
         pairs_limit=args.pairs_limit, guidance=args.guidance, prior_starts=args.prior_start, steps=args.steps, sampler=args.sampler,
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
         inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
@@ -42,6 +46,9 @@ def _evaluate_flags(p):
     p.add_argument("--train-data", help="prepared set for the nearest-neighbour / random baselines")
     p.add_argument("--baselines", default="nn,random,real", help="nn,random,real,regression=MODEL_DIR")
     p.add_argument("--independent", default="faceres", help="independent encoder spec ('' to skip)")
+    p.add_argument("--judges", default="mobilefacenet",
+                   help="more FR models judging every row, comma-separated encoder specs ('' for none); each gets "
+                        "its own columns, and one whose model file is missing is skipped with a note")
     p.add_argument("--encoder", default="dlib", help="conditioning encoder when there is no --data/--model")
     p.add_argument("--pairs", help="LFW pairs.txt or path_a,path_b,same,fold CSV")
     p.add_argument("--pairs-root", help="folder the pair paths are relative to (default: the file's folder)")
@@ -63,7 +70,7 @@ def _evaluate_flags(p):
     p.add_argument("--search", nargs="+", default=["best_of_n", "renoise"], choices=["best_of_n", "renoise"],
                    help="how the queries are spent")
     p.add_argument("--report", default="", choices=["", "attack"],
-                   help="attack: also attack.md and attack.png (SAR against queries, both encoders)")
+                   help="attack: also attack.md and attack.png (SAR against queries, every judging encoder)")
     p.add_argument("--protect", action="append",
                    help="a template protection to attack (repeatable): orthonormal:key=7, biohash:key=7,bits=128, "
                         "noise:snr_db=10,key=7, pca:path=basis.npz,k=32. A --model trained on protected vectors "
@@ -73,7 +80,7 @@ def _evaluate_flags(p):
     p.add_argument("--out", default="eval")
 
 
-@command("yardstick", "the identity-disjoint yardstick: CelebA / AAF test people, ORL and Yale, both encoders")
+@command("yardstick", "the identity-disjoint yardstick: CelebA / AAF test people, ORL and Yale, every judging encoder")
 def cmd_yardstick(args):
     from id3pm.evaluation import EvalConfig
     from id3pm.evaluation.yardstick import render_yardstick, run_yardstick, yardstick_sets
@@ -81,7 +88,7 @@ def cmd_yardstick(args):
     base = EvalConfig(
         out=args.out, models=args.model or [], train_data=args.train_data, baselines=["nn"] if args.train_data else [],
         limit=args.limit, pairs_limit=args.pairs_limit, guidance=args.guidance, prior_starts=args.prior_start,
-        steps=args.steps, sampler=args.sampler, independent=args.independent or None,
+        steps=args.steps, sampler=args.sampler, independent=args.independent or None, judges=judge_list(args.judges),
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, seed=args.seed, device=args.device,
     )
     sets = yardstick_sets(Path(args.out), celeba=args.celeba, aaf=args.aaf, orl=args.orl, yale=args.yale)
@@ -107,6 +114,9 @@ def _yardstick_flags(p):
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--independent", default="faceres", help="independent encoder spec ('' to skip)")
+    p.add_argument("--judges", default="mobilefacenet",
+                   help="more FR models judging every row, comma-separated encoder specs ('' for none); each gets "
+                        "its own columns, and one whose model file is missing is skipped with a note")
     p.add_argument("--diversity-ids", type=int, default=10, help="CelebA identities for the diversity rows")
     p.add_argument("--diversity-samples", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

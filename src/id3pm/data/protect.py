@@ -14,16 +14,11 @@ included, so `train` and `evaluate` take it as they take any prepared set.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from id3pm.data.dataset import PreparedDataset
+from id3pm.data.derive import derive_prepared, stored_vectors
 from id3pm.encoders.protected import TRANSFORMS
-from id3pm.files import atomic_write_bytes, atomic_write_json, read_json
+from id3pm.files import read_json
 
 
 def protected_spec(plain: dict, transform: dict) -> dict:
@@ -33,39 +28,14 @@ def protected_spec(plain: dict, transform: dict) -> dict:
 
 def protect_prepared(src: str | Path, dst: str | Path, transform: dict) -> dict:
     """Write DST: SRC with every id_vector replaced by its protected template. transform:
-    {"transform": "biohash", "key": 7, ...}. Shard by shard, each written atomically and
-    skipped when already there, so an interrupted run continues. Returns the manifest."""
-    src, dst = Path(src), Path(dst)
-    manifest = read_json(src / "manifest.json")
+    {"transform": "biohash", "key": 7, ...}. Shard by shard (id3pm.data.derive), so an
+    interrupted run continues. Returns the manifest."""
+    manifest = read_json(Path(src) / "manifest.json")
     if manifest["encoder"].get("name") == "protected":
         raise ValueError(f"{src}: already protected ({manifest['encoder']}); protect a plain set")
     options = {k: v for k, v in transform.items() if k != "transform"}
     if transform.get("transform") not in TRANSFORMS:
         raise ValueError(f"unknown template transform {transform.get('transform')!r}; choose one of {sorted(TRANSFORMS)}")
     t = TRANSFORMS[transform["transform"]](int(manifest["id_dim"]), **options)
-    spec = protected_spec(manifest["encoder"], t.spec())
-    existing = read_json(dst / "manifest.json")["encoder"] if (dst / "manifest.json").exists() else spec
-    if existing != spec:
-        raise ValueError(f"{dst}: holds templates of {existing}, not {spec}; use a new folder")
-    (dst / "shards").mkdir(parents=True, exist_ok=True)
-    for shard in sorted((src / "shards").glob("*.parquet")):
-        target = dst / "shards" / shard.name
-        if not target.exists():
-            atomic_write_bytes(target, _protected_shard(pq.read_table(shard), t))
-    if (src / "skipped").exists():
-        shutil.copytree(src / "skipped", dst / "skipped", dirs_exist_ok=True)
-    out = {**manifest, "encoder": spec, "id_dim": t.out_dim, "distance": t.distance or manifest["distance"],
-           "derived_from": {"path": str(src.resolve()), "encoder": manifest["encoder"]}}
-    atomic_write_json(dst / "manifest.json", out)
-    PreparedDataset(dst)  # reads back: a shard that does not load fails here, not in training
-    return out
-
-
-def _protected_shard(table: pa.Table, transform) -> bytes:
-    plain = np.asarray(table["id_vector"].combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1)
-    protected = transform(plain)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(protected.reshape(-1), pa.float32()), transform.out_dim)
-    table = table.set_column(table.column_names.index("id_vector"), "id_vector", column)
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue().to_pybytes()
+    return derive_prepared(src, dst, protected_spec(manifest["encoder"], t.spec()), t.out_dim,
+                           t.distance or manifest["distance"], lambda table: t(stored_vectors(table)))

@@ -1,9 +1,10 @@
-"""A prepared set's crops encoded again by another black box (`id3pm adapt`).
+"""A prepared set's crops encoded again by another black box.
 
 The prepared set already holds each photo's vector under the encoder it was prepared
-with; an adapter also needs the same photos' vectors under a new FR model. They are
-computed from the stored canonical crops (no detection again), in chunks written to a
-cache folder as they finish, so a crash or a stop loses at most one chunk.
+with; an adapter (`id3pm adapt`) also needs the same photos' vectors under a new FR
+model, and a model of that FR model (`id3pm reencode`, then `train` or `evaluate`) a
+whole set of them. They are computed from the stored canonical crops (no detection
+again), in pieces written as they finish, so a crash or a stop loses at most one piece.
 """
 
 from __future__ import annotations
@@ -40,6 +41,27 @@ def reencode(data, indices: np.ndarray, encoder, cache: str | Path, progress: bo
         atomic_write_bytes(path, npy_bytes(vectors))
         out[start : start + len(chunk)] = vectors
     return out
+
+
+def reencode_prepared(src: str | Path, dst: str | Path, encoder, progress: bool = True) -> dict:
+    """Write DST: SRC's crops, labels and split with the vectors `encoder` gives for SRC's
+    largest stored crops. Photos it finds no usable face in are left out (counted in the
+    manifest's `skipped`). Returns DST's manifest."""
+    from id3pm.data.dataset import decode_image
+    from id3pm.data.derive import derive_prepared
+    from id3pm.files import read_json
+
+    manifest = read_json(Path(src) / "manifest.json")
+    if encoder.spec() == manifest["encoder"]:
+        raise ValueError(f"{src}: already holds {encoder.name} vectors")
+    size = max(manifest["sizes"])
+
+    def vectors_of(table) -> np.ndarray:
+        images = [decode_image(b) for b in table[f"image_{size}"].to_pylist()]
+        return encoder.encode(images, aligned=True, keys=table["key"].to_pylist()).vectors
+
+    return derive_prepared(src, dst, encoder.spec(), encoder.dim, encoder.distance, vectors_of,
+                           f"{encoder.name}: no usable face", progress=progress)
 
 
 def chunk_digest(encoder, size: int, names: list[str]) -> str:

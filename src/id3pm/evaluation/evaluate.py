@@ -47,6 +47,10 @@ class EvalConfig:
     train_data: str | None = None  # prepared set for the retrieval / random baselines (default: data's train split)
     baselines: list[str] = field(default_factory=lambda: ["nn", "random", "real"])  # + "regression=PATH"
     independent: str | None = "faceres"  # independent encoder spec ("" or None: skip)
+    # more FR models that judge every row beside those two, each named by its encoder in the
+    # tables: a margin-loss model judges what the field attacks. One that is the conditioning
+    # or independent encoder adds nothing and is dropped; one whose model file is missing is a note
+    judges: list[str] = field(default_factory=lambda: ["mobilefacenet"])
     encoder: str = "dlib"  # conditioning encoder when neither --data nor --model says which
     pairs: str | None = None  # verification pairs (LFW pairs.txt or path_a,path_b,same,fold CSV)
     pairs_root: str | None = None  # folder the pair paths are relative to
@@ -120,8 +124,8 @@ class Evaluation:
         self.data = PreparedDataset(cfg.data) if cfg.data else None
         if self.data is not None:
             enc_spec = self.data.manifest["encoder"]
-        elif self.pipes:
-            enc_spec = self.pipes[0][1].info["encoder"]
+        elif self.pipes:  # the FR model whose templates the first model takes (its adapter's, if any)
+            enc_spec = self.pipes[0][1].template_spec()
         elif cfg.pairs:  # real images only: the verification protocol of the encoders themselves
             enc_spec = parse_encoder_spec(cfg.encoder)
         else:
@@ -138,9 +142,29 @@ class Evaluation:
         self.cond = make_encoder(dict(enc_spec))
         self.size = self.pipes[0][1].image_size if self.pipes else (self.data.manifest["sizes"][0] if self.data else 64)
         self.ind = make_encoder(parse_encoder_spec(cfg.independent)) if cfg.independent else None
-        self.encoders = [("conditioning", self.cond)] + ([("independent", self.ind)] if self.ind else [])
+        self.judges = ([("independent", self.ind)] if self.ind else []) + self._extra_judges()  # all but conditioning
+        self.encoders = [("conditioning", self.cond)] + self.judges
         self.methods = self._methods()
         self.row_cache, self.model_digests = RowCache(self.out / "rows"), {}
+
+    def note(self, text: str) -> None:
+        tqdm.write(f"evaluate: {text}")
+        self.metrics.setdefault("notes", []).append(text)
+
+    def _extra_judges(self) -> list:
+        """(encoder name, Encoder) of each of cfg.judges not already judging."""
+        out, taken = [], {self.cond.name, self.ind.name if self.ind else None}
+        for text in self.cfg.judges:
+            spec = parse_encoder_spec(text)
+            if spec["name"] in taken:
+                continue
+            try:
+                out.append((spec["name"], make_encoder(spec)))
+            except FileNotFoundError as e:  # e.g. no `make models` yet: the other judges still judge
+                self.note(f"judge {spec['name']} skipped: {e}")
+                continue
+            taken.add(spec["name"])
+        return out
 
     # -- methods -----------------------------------------------------------------------
     def _train_pool(self):
@@ -192,8 +216,8 @@ class Evaluation:
     def identity_section(self) -> dict:
         t0 = time.time()
         idx, crops, vectors = self.originals()
-        ind_orig = encode_all(self.ind, crops, True, "independent: originals") if self.ind else None
-        self.ind_orig = ind_orig
+        judged = {name: encode_all(enc, crops, True, f"{name}: originals") for name, enc in self.judges}
+        self.ind_orig = judged.get("independent")
         results, self.recons = {}, {}
         rows = {"real (original crop)": crops}
         cost = {}
@@ -207,13 +231,13 @@ class Evaluation:
             self.recons[name] = images
             entry = {"conditioning": identity_distance(encode_all(self.cond, images, True, f"{name}: conditioning"),
                                                        vectors, self.cond.distance)}
-            if self.ind is not None:
-                entry["independent"] = identity_distance(encode_all(self.ind, images, True, f"{name}: independent"),
-                                                         ind_orig, self.ind.distance)
+            for judge, enc in self.judges:
+                entry[judge] = identity_distance(encode_all(enc, images, True, f"{name}: {judge}"), judged[judge],
+                                                 enc.distance)
             results[name] = entry
         self.identity_raw = results
         self.original_index = idx
-        self.population = self.threshold_population(idx, vectors, ind_orig)  # also the protected systems' thresholds
+        self.population = self.threshold_population(idx, vectors, judged)  # also the protected systems' thresholds
         self.metrics["sar_type1"] = self.sar_type1(*self.population)
         self.metrics["timing"]["identity_seconds_per_100"] = (time.time() - t0) / len(idx) * 100
         return {name: {enc: summary(v) for enc, v in entry.items()} for name, entry in results.items()}
@@ -264,8 +288,9 @@ class Evaluation:
             self.row_cache.put_partial(key, np.stack(images), spent, seconds)
         return np.stack(images), spent, seconds
 
-    def threshold_population(self, idx: np.ndarray, vectors: np.ndarray, ind_orig: np.ndarray | None):
-        """Vectors of up to threshold_ids real images of the split under both encoders: the
+    def threshold_population(self, idx: np.ndarray, vectors: np.ndarray, judged: dict[str, np.ndarray]):
+        """Vectors of up to threshold_ids real images of the split, (conditioning, {judge:
+        vectors}), under every encoder (judged: the originals' vectors under the judges): the
         evaluated originals plus the next images of the same random sample. A threshold set
         on the evaluated originals alone would move with --limit (FMR 1% of 40 images is
         the 8th closest of 780 pairs)."""
@@ -274,21 +299,22 @@ class Evaluation:
         assert np.array_equal(population[: len(idx)], idx), "the originals must lead the threshold sample"
         extra = population[len(idx):]
         if not len(extra):
-            return vectors, ind_orig
+            return vectors, dict(judged)
         cond = np.concatenate([vectors, self.data.vectors(extra)])
-        if ind_orig is None:
-            return cond, None
+        if not self.judges:
+            return cond, {}
         sizes = self.data.manifest["sizes"]
         crops = at_size(self.data.images(self.size if self.size in sizes else max(sizes), extra), self.size)
-        return cond, np.concatenate([ind_orig, encode_all(self.ind, crops, True, "independent: threshold images")])
+        return cond, {name: np.concatenate([judged[name], encode_all(enc, crops, True, f"{name}: threshold images")])
+                      for name, enc in self.judges}
 
-    def sar_type1(self, vectors: np.ndarray, ind_orig: np.ndarray | None) -> dict:
+    def sar_type1(self, vectors: np.ndarray, judged: dict[str, np.ndarray]) -> dict:
         """Type-I SAR: each reconstruction against the image whose vector it inverts, at the
         thresholds where real impostor pairs (images of the split of different people, as
         far as its identity labels tell) reach FMR 1% and 0.1%."""
-        originals = {"conditioning": (vectors, self.cond), "independent": (ind_orig, self.ind)}
+        originals = {"conditioning": (vectors, self.cond), **{name: (judged[name], e) for name, e in self.judges}}
         impostors = {enc: impostor_distances(v, e.distance, identities=self.population_identities)
-                     for enc, (v, e) in originals.items() if v is not None}
+                     for enc, (v, e) in originals.items()}
         self.independent_impostors = impostors.get("independent")  # the protected rows' too
         if min(len(d) for d in impostors.values()) == 0:
             self.metrics.setdefault("notes", []).append("type-I SAR skipped: fewer than 2 readable originals, "
@@ -459,7 +485,7 @@ class Evaluation:
                 attackers.append(("aware", aware_retrieval(system, pool[0], at_size(pool[1], self.size))))
             attackers += self._preimage_attackers(system, pool[0], [m for m in plain if isinstance(m, GenerativeMethod)])
             found, notes = attack_protected(system, attackers, vectors, self.ind, self.ind_orig, self.cfg.seed,
-                                            population=self.population,
+                                            population=(self.population[0], self.population[1].get("independent")),
                                             independent_impostors=self.independent_impostors)
             rows.update(found)
             self.metrics.setdefault("notes", []).extend(notes)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENCODERS = ("conditioning", "independent")
+FIRST = ("conditioning", "independent")  # then any further judges, by name
 
 
 def mcnemar_exact_p(only_before: int, only_after: int) -> float:
@@ -85,6 +85,12 @@ def threshold(metrics: dict, encoder: str, fmr: float) -> float:
     return first[encoder][f"fmr={fmr:g}"]["threshold"]
 
 
+def encoders_of(arrays: dict) -> list[str]:
+    """The judging encoders of an evaluation's distances ("ROW | ENCODER" arrays)."""
+    found = {name.rpartition(" | ")[2] for name in arrays if " | " in name}
+    return [e for e in FIRST if e in found] + sorted(found - set(FIRST))
+
+
 def compare_evaluations(before: Path, after: Path, rows: list[str], after_row: str | None = None,
                         fmr: float = 0.01) -> list[dict]:
     """One paired comparison per row and encoder that both folders hold, at the BEFORE
@@ -94,7 +100,7 @@ def compare_evaluations(before: Path, after: Path, rows: list[str], after_row: s
     out = []
     for row in rows:
         other = after_row or row
-        for enc in ENCODERS:
+        for enc in encoders_of(d_before):
             a, b = f"{row} | {enc}", f"{other} | {enc}"
             if a not in d_before or b not in d_after:
                 continue

@@ -13,8 +13,8 @@ training for sure:
 
 Each set is one `id3pm evaluate` run into OUT/<set>/ (its report, sheet and kept rows),
 with the nearest-neighbour retrieval row from the training set beside every model, and
-both encoders judging. yardstick.json / yardstick.md gather the numbers that the
-training log takes as columns.
+every judging encoder (conditioning, independent, mobilefacenet) in the columns.
+yardstick.json / yardstick.md gather the numbers that the training log takes as columns.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def render_yardstick(table: dict) -> str:
     lines = ["# The identity-disjoint yardstick", "",
              "People the model never saw. acc: verification accuracy with the first image of each positive pair "
              "replaced (thresholds on replaced folds, the paper's); acc_real: thresholds on the real pairs; sar1 / "
-             "sar2: type-I / type-II SAR at FMR 1%; conditioning = dlib, independent = faceres. Ceilings: `real (original "
+             "sar2: type-I / type-II SAR at FMR 1%; conditioning = the model's encoder (dlib), independent = faceres, "
+             "further judges by their own names (mobilefacenet). Ceilings: `real (original "
              "crop)` is the original's canonical crop at the model's size (a perfect reconstruction at that "
              "resolution), `real photos` the photos themselves.", ""]
     for group in sorted({c.split(".")[0] for c in cols}):
