@@ -16,7 +16,13 @@ from id3pm.cli import main
 from id3pm.encoders import identity_distance, make_encoder
 from id3pm.evaluation import EvalConfig, Evaluation
 from id3pm.evaluation.features import LPIPS, InceptionFeatures
-from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
+from id3pm.evaluation.metrics import (
+    frechet_distance,
+    kernel_inception_distance,
+    mean_pairwise,
+    ms_ssim,
+    precision_recall,
+)
 from id3pm.evaluation.verification import best_threshold, kfold_accuracy, read_lfw_pairs, read_pair_csv, roc_auc
 from id3pm.images import load_image
 
@@ -87,6 +93,23 @@ def test_ssim_against_scikit_image_and_ms_ssim_properties():
     np.testing.assert_allclose(ms_ssim(a, a), 1.0, atol=1e-5)
     assert (ms_ssim(a, noisy) < 0.9).all()
     assert ms_ssim(a, noisy)[0] == pytest.approx(ms_ssim(noisy, a)[0], abs=1e-5)
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 0.5
+    k = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
+    pairs = [(i, j) for i in range(6) for j in range(6) if i != j]
+    want = (sum(k(x[i], x[j]) for i, j in pairs) / 30 + sum(k(y[i], y[j]) for i, j in pairs) / 30
+            - 2 * sum(k(x[i], y[j]) for i in range(6) for j in range(6)) / 36)
+    mean, std = kernel_inception_distance(x, y, subsets=3, subset_size=6)  # one subset: the whole sets
+    assert mean == pytest.approx(want, rel=1e-10) and std == pytest.approx(0, abs=1e-12)
+    # unbiased: two samples of one distribution score about 0, a shifted one clearly more
+    same = kernel_inception_distance(rng.normal(size=(400, 8)), rng.normal(size=(400, 8)), subset_size=200)[0]
+    shifted = kernel_inception_distance(rng.normal(size=(400, 8)), rng.normal(size=(400, 8)) + 0.3, subset_size=200)[0]
+    assert abs(same) < 0.02 < shifted
+    with pytest.raises(ValueError, match="at least 2 images"):
+        kernel_inception_distance(x[:1], y)
 
 
 def test_frechet_distance_formula_and_precision_recall():
@@ -424,3 +447,22 @@ def test_a_judge_without_its_model_file_is_a_note(tmp_path):
     assert [name for name, _ in ev.encoders] == ["conditioning"]
     assert len(ev.metrics["notes"]) == 1 and "judge mobilefacenet skipped" in ev.metrics["notes"][0]
     assert "make models" in ev.metrics["notes"][0]
+
+
+def test_the_fid_section_ranks_noise_below_real_faces(tmp_path):
+    """--fid with a (tiny, test-made) TorchScript feature net: FID, KID and precision/recall
+    per row; an untrained model's noise is farther from the original crops than retrieved
+    photos of the same face."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 5, stride=4))
+    torch.jit.script(net).save(str(tmp_path / "tiny_inception.pt"))
+    _, prep, model, _, _ = astronaut_set_and_model(tmp_path)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", f"untrained={model}", "--data", str(prep), "--limit", "3", "--independent", "",
+                 "--judges", "", "--guidance", "1", "--steps", "2", "--diversity-ids", "0", "--baselines", "nn",
+                 "--fid", "--inception", str(tmp_path / "tiny_inception.pt"), "--out", str(out), "--device", "cpu"]) == 0
+    fid = json.loads((out / "metrics.json").read_text())["fid"]
+    assert set(fid) == {"untrained s=1", "nearest neighbour"} and fid["nearest neighbour"]["n"] == 3
+    assert fid["untrained s=1"]["kid"] > fid["nearest neighbour"]["kid"]
+    assert fid["untrained s=1"]["fid"] > fid["nearest neighbour"]["fid"]
+    assert "KID x 1000" in (out / "report.md").read_text()

@@ -21,7 +21,7 @@ from id3pm.data import PreparedDataset
 from id3pm.encoders import identity_distance, make_encoder, parse_encoder_spec
 from id3pm.encoders.protected import parse_protection
 from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, RefinedMethod, at_size
-from id3pm.evaluation.metrics import frechet_distance, mean_pairwise, ms_ssim, precision_recall
+from id3pm.evaluation.metrics import frechet_distance, kernel_inception_distance, mean_pairwise, ms_ssim, precision_recall
 from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet
 from id3pm.evaluation.report import render_attack_report, render_report
 from id3pm.evaluation.rowcache import RowCache, folder_digest
@@ -514,7 +514,10 @@ class Evaluation:
                 continue
             fake = net(images)
             p, r = precision_recall(real, fake, k=3)
-            out[name] = {"fid": frechet_distance(real, fake), "precision": p, "recall": r, "n": len(images)}
+            # KID over subsets of half the images: its spread over subsets is its uncertainty
+            kid, kid_std = kernel_inception_distance(real, fake, subset_size=max(2, min(len(real), len(fake)) // 2))
+            out[name] = {"fid": frechet_distance(real, fake), "kid": kid, "kid_std": kid_std, "precision": p,
+                         "recall": r, "n": len(images)}
         return out
 
     # -- run ---------------------------------------------------------------------------------

@@ -70,11 +70,12 @@ def render_report(m: dict, encoders) -> str:
                          f"{_fmt(d.get('one_minus_ms_ssim'))} | {_fmt(d.get('lpips'))} | {_fmt(d.get('identity_spread'))} |")
         lines.append("")
     if m.get("fid"):
-        lines += ["## FID and precision / recall against the original crops", "", "| method | FID | precision | recall |",
-                  "|---|---|---|---|"]
+        lines += ["## FID, KID and precision / recall against the original crops", "",
+                  "| method | FID | KID x 1000 (± std over subsets) | precision | recall |", "|---|---|---|---|---|"]
         for name, f in m["fid"].items():
-            lines.append(f"| {name} | {f['fid']:.2f} | {f['precision']:.3f} | {f['recall']:.3f} |")
-        lines += ["", "(FID on a few hundred images is biased upwards; compare rows, not papers.)", ""]
+            kid = f"{1000 * f['kid']:.2f} ± {1000 * f['kid_std']:.2f}" if "kid" in f else "-"
+            lines.append(f"| {name} | {f['fid']:.2f} | {kid} | {f['precision']:.3f} | {f['recall']:.3f} |")
+        lines += ["", "(FID on a few hundred images is biased upwards; KID is not; compare rows, not papers.)", ""]
     if m.get("breakdown"):
         lines += ["## Identity distance by group (conditioning encoder, mean)", ""]
         for col, groups in m["breakdown"].items():
