@@ -437,6 +437,7 @@ def test_a_margin_loss_model_judges_every_row(tmp_path):
     assert verification["real images"]["mobilefacenet"]["failed_pairs"] == 0
     assert "sar_type2" in verification["untrained s=1"]["mobilefacenet"]
     assert "mobilefacenet SAR @FMR 1%" in (out / "report.md").read_text()
+    assert (out / "sar.png").stat().st_size > 0  # the SAR table as bars, every judge
     assert np.load(out / "distances.npz")["untrained s=1 | mobilefacenet"].shape == (3,)
 
 

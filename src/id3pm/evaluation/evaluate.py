@@ -22,7 +22,7 @@ from id3pm.encoders import identity_distance, make_encoder, parse_encoder_spec
 from id3pm.encoders.protected import parse_protection
 from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, RefinedMethod, at_size
 from id3pm.evaluation.metrics import frechet_distance, kernel_inception_distance, mean_pairwise, ms_ssim, precision_recall
-from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet
+from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet, sar_bars
 from id3pm.evaluation.report import render_attack_report, render_report
 from id3pm.evaluation.rowcache import RowCache, folder_digest
 from id3pm.evaluation.sar import impostor_distances, sar_table
@@ -544,6 +544,8 @@ class Evaluation:
                 self.metrics["protection"] = self.protection_section()
             self.save_distances(self.out / "distances.npz")
             identity_density_plot(self.identity_raw, self.encoders, self.out / "identity_distance.png")
+            if self.metrics.get("sar_type1"):
+                sar_bars(self.metrics["sar_type1"], self.encoders, self.out / "sar.png")
             reconstruction_sheet(self.recons, self.out / "sheet.png")
         if self.cfg.pairs:
             self.metrics["verification"] = self.verification_section()

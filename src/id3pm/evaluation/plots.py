@@ -91,3 +91,32 @@ def _attack_panel(ax, sar: dict, fmr: str) -> None:
             for enc, table in sar[name].items():
                 ax.axhline(100 * table[fmr]["sar"], color="grey", linestyle=":" if enc == "conditioning" else "-.",
                            linewidth=0.8)
+
+
+def sar_bars(sar: dict, encoders: list, path: Path) -> None:
+    """Type-I SAR of every method under every judging encoder, one panel per FMR (1% and
+    0.1%), bars with their 95% Wilson intervals. sar: {method: {encoder: sar_table}}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(sar)
+    enc_names = [n for n, _ in encoders if all(n in sar[m] for m in names)]
+    width = 0.8 / max(1, len(enc_names))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 2), 4), sharey=True)
+    for ax, (fmr, label) in zip(axes, [("fmr=0.01", "1%"), ("fmr=0.001", "0.1%")]):
+        for k, (enc, e) in enumerate((n, e) for n, e in encoders if n in enc_names):
+            rows = [sar[m][enc][fmr] for m in names]
+            x = np.arange(len(names)) + (k - (len(enc_names) - 1) / 2) * width
+            ys = np.array([100 * r["sar"] for r in rows])
+            err = np.array([[100 * (r["sar"] - r["ci95"][0]) for r in rows], [100 * (r["ci95"][1] - r["sar"]) for r in rows]])
+            ax.bar(x, ys, width, yerr=err, capsize=2, label=f"{enc} ({e.name})")
+        ax.set_xticks(np.arange(len(names)), [n[:22] for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"type-I SAR at FMR {label}", fontsize=10)
+        ax.set_ylim(0, 105)
+    axes[0].set_ylabel("accepted as the person (%)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

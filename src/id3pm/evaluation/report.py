@@ -42,7 +42,7 @@ def render_report(m: dict, encoders) -> str:
     if m.get("sar_type1"):
         lines += ["## Success attack rate, type-I (reconstruction vs the inverted image; threshold at the FMR "
                   "of real impostor pairs; 95% Wilson CI)", "",
-                  *_sar_rows(m["sar_type1"], enc_names), ""]
+                  *_sar_rows(m["sar_type1"], enc_names), "", "![type-I SAR per method and encoder](sar.png)", ""]
     if m.get("verification"):
         v = m["verification"]
         lines += [f"## Verification accuracy ({v['pairs']} pairs, 10-fold; first image of each positive pair "
