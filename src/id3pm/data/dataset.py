@@ -26,6 +26,12 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def vector_column(table: pa.Table) -> np.ndarray:
+    """A table's id_vector column as (N, D) float32."""
+    flat = table["id_vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, np.float32).reshape(table.num_rows, -1)
+
+
 class PreparedDataset:
     """All shards of a prepared folder as one Arrow table (memory-mapped). A merged folder
     (id3pm.data.merge) reads every source's shards, keys prefixed with the source's name
@@ -95,8 +101,7 @@ class PreparedDataset:
         return idx[order[:n]]
 
     def vectors(self, indices=None) -> np.ndarray:
-        col = self.table["id_vector"].combine_chunks()
-        flat = col.values.to_numpy(zero_copy_only=False).reshape(len(self), -1)
+        flat = vector_column(self.table)
         return flat if indices is None else flat[indices]
 
     def attributes(self, indices=None) -> np.ndarray | None:

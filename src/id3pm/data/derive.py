@@ -68,7 +68,3 @@ def _shard_bytes(table: pa.Table, vectors_of: ShardVectors, out_dim: int) -> byt
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue().to_pybytes()
 
-
-def stored_vectors(table: pa.Table) -> np.ndarray:
-    """A shard's id_vector column as (N, D) float32."""
-    return np.asarray(table["id_vector"].combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1)

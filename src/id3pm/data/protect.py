@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from id3pm.data.derive import derive_prepared, stored_vectors
+from id3pm.data.dataset import vector_column
+from id3pm.data.derive import derive_prepared
 from id3pm.encoders.protected import TRANSFORMS
 from id3pm.files import read_json
 
@@ -38,4 +39,4 @@ def protect_prepared(src: str | Path, dst: str | Path, transform: dict) -> dict:
         raise ValueError(f"unknown template transform {transform.get('transform')!r}; choose one of {sorted(TRANSFORMS)}")
     t = TRANSFORMS[transform["transform"]](int(manifest["id_dim"]), **options)
     return derive_prepared(src, dst, protected_spec(manifest["encoder"], t.spec()), t.out_dim,
-                           t.distance or manifest["distance"], lambda table: t(stored_vectors(table)))
+                           t.distance or manifest["distance"], lambda table: t(vector_column(table)))
