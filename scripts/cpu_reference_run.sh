@@ -28,7 +28,9 @@ if [ "$end" -le "$(date -u +%s)" ]; then end=$(( end + 86400 )); fi   # past mid
 minutes=$(( ( end - $(date -u +%s) ) / 60 ))
 if [ "$minutes" -lt 2 ]; then echo "cpu_reference_run: $UNTIL is less than 2 minutes away" >&2; exit 1; fi
 mkdir -p "$RUN"
+TASK="${TASK:-base}"
 INIT=()
+if [ "$TASK" = superres ]; then SHIPPED=/nonexistent; fi   # the upsampler starts from scratch, without a prior
 if [ ! -e "$RUN/checkpoint/state.json" ] && [ ! -e "$RUN/checkpoint.old/state.json" ] && [ -e "$SHIPPED/id3pm.json" ]; then
   INIT=(--init-from "$SHIPPED")   # a new machine: continue from what the repository ships
 fi
@@ -45,8 +47,14 @@ COOLDOWN="${COOLDOWN:-$(( minutes >= 120 ? 40 : minutes / 3 ))}"
 if [ -n "${BALANCE:-}" ]; then INIT+=(--balance "$BALANCE"); fi
 # The run's settings: keep them identical from period to period (a resume takes the
 # network from the checkpoint; these decide the rest).
-setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" \
-  --size 32 --preset mini --batch-size 64 --lr 2e-4 --warmup-steps 500 --ema-decay 0.9995 \
+SETTINGS=(--size 32 --preset mini --batch-size 64 --lr 2e-4 --warmup-steps 500 --ema-decay 0.9995)
+if [ "$TASK" = superres ]; then
+  # TASK=superres: the upsampler (#26; docs/results.md), 32 -> 128, trained on 48 px windows
+  # (a step costs an eighth of a whole face), conditioned on y too
+  SETTINGS=(--task superres --size 128 --cond-size 32 --patch-size 48 --sr-identity yes --preset sr
+            --batch-size 32 --lr 2e-4 --warmup-steps 500 --ema-decay 0.999)
+fi
+setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" "${SETTINGS[@]}" \
   --save-every 500 --sample-every 2000 --log-every 50 --max-steps 10000000 \
   --max-minutes "$minutes" --lr-cooldown-minutes "$COOLDOWN" --progress no "${INIT[@]}" >> "$RUN/train.out" 2>&1 < /dev/null &
 pid=$!

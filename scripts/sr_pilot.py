@@ -10,7 +10,9 @@ the same photos' vectors (guidance 2). Each arm enlarges both to 128 px:
 - lanczos (id3pm.superres.LanczosUpscaler), the fallback today;
 - realesrgan: Real-ESRGAN x4plus from PyPI, run by scripts/realesrgan_upscale.py in its
   own virtual environment (--sr-python), never a dependency of id3pm;
-- a diffusion upsampler folder (id3pm.superres.DiffusionUpscaler).
+- a diffusion upsampler folder (id3pm.superres.DiffusionUpscaler); one trained with y
+  (--sr-identity) gets each photo's own vector, the template being inverted; DIR@G sets
+  its guidance (DIR@0: y dropped, the upsampler alone; default 1), DIR#S its steps (25).
 Measures, per input and arm: identity distance to the real 128 px crop under dlib, faceres
 and MobileFaceNet, paired against the 32 px input itself (mean change, 95% CI; McNemar on
 SAR at FMR 1%, thresholds from impostor pairs of held-out photos); KID against the real
@@ -65,7 +67,21 @@ def realesrgan(images: np.ndarray, work: Path, python: str) -> tuple[np.ndarray,
     return np.stack([np.asarray(Image.open(dst / f"{i:05d}.png").convert("RGB")) for i in range(len(images))]), seconds
 
 
-def upsample(arm: str, images: np.ndarray, work: Path, args) -> tuple[np.ndarray, float]:
+def arm_name(arm: str) -> str:
+    """How an arm is shown: a folder by its name, with its guidance and steps when set."""
+    return Path(arm.split("@")[0].split("#")[0]).name + arm[len(arm.split("@")[0].split("#")[0]):]
+
+
+def diffusion_arm(arm: str, images: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """DIR[@GUIDANCE][#STEPS] on images, each with its template vector (seed i for image i)."""
+    path, _, steps = arm.partition("#")
+    path, _, guidance = path.partition("@")
+    sr = DiffusionUpscaler.from_pretrained(path, "cpu")
+    return sr(images, seeds=list(range(len(images))), id_vectors=vectors,
+              guidance_scale=float(guidance or 1), num_inference_steps=int(steps or 25))
+
+
+def upsample(arm: str, images: np.ndarray, vectors: np.ndarray, work: Path, args) -> tuple[np.ndarray, float]:
     """(N, 128, 128, 3) and seconds per image; kept in WORK so that a rerun measures again only."""
     cached = work / "up.npy"
     if cached.exists():
@@ -77,8 +93,7 @@ def upsample(arm: str, images: np.ndarray, work: Path, args) -> tuple[np.ndarray
     elif arm == "realesrgan":
         out, seconds = realesrgan(images, work, args.sr_python)
     else:
-        sr = DiffusionUpscaler.from_pretrained(arm, "cpu")
-        out, seconds = sr(images, seeds=list(range(len(images)))), None
+        out, seconds = diffusion_arm(arm, images, vectors), None
     seconds = seconds if seconds is not None else (time.time() - start) / len(images)
     np.save(cached, out)
     (work / "seconds.json").write_text(json.dumps(seconds))
@@ -106,8 +121,8 @@ def main() -> None:
     for kind, small in inputs.items():
         images[(kind, NONE)] = small
         for arm in arms:
-            work = out / "arms" / f"{Path(arm).name}-{kind.split()[0]}"
-            images[(kind, arm)], seconds[arm] = upsample(arm, small, work, args)
+            work = out / "arms" / f"{arm_name(arm)}-{kind.split()[0]}"
+            images[(kind, arm)], seconds[f"{kind} | {arm}"] = upsample(arm, small, data.vectors(idx), work, args)
     result = {"n": len(idx), "arms": arms, "seconds_per_image": seconds, "identity": {}, "kid": {}}
     for name in JUDGES:
         enc = make_encoder(name)
@@ -145,13 +160,13 @@ def render(r: dict) -> str:
             cells.append(f"{c['distance_change']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
                          f"{100 * c['sar_before']:.0f} -> {100 * c['sar_after']:.0f} (p {c['mcnemar_p']:.2g})")
         kid = r["kid"][key]
-        lines.append(f"| {kind} | {arm} | {r['seconds_per_image'][arm]:.3f} | " + " | ".join(cells)
+        lines.append(f"| {kind} | {arm_name(arm)} | {r['seconds_per_image'][key]:.3f} | " + " | ".join(cells)
                      + f" | {1000 * kid['kid']:.2f} ± {1000 * kid['std']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def sheet(inputs: dict, images: dict, arms: list[str], real: np.ndarray, path: Path, rows: int = 6) -> None:
-    cols = ["input (nearest)"] + [Path(a).name for a in arms] + ["real 128 px"]
+    cols = ["input (nearest)"] + [arm_name(a) for a in arms] + ["real 128 px"]
     grid = []
     for kind, small in inputs.items():
         for i in range(rows):

@@ -126,3 +126,101 @@ def test_sampling_with_an_augmentation_level_corrupts_the_input_as_training_did(
     up(low, seeds=[3, 4], num_inference_steps=2, aug_level=0.0)
     torch.testing.assert_close(seen[0][0], bicubic)  # level 0: the clean input
     assert (seen[0][1] == 0).all()
+
+
+def checkerboard(a, b, side=16):
+    """A 1-pixel checkerboard of colours a and b: at half the side it is their mean, grey."""
+    yy, xx = np.mgrid[:side, :side]
+    return np.where(((yy + xx) % 2 == 0)[..., None], np.array(a, np.uint8), np.array(b, np.uint8))
+
+
+@pytest.fixture(scope="module")
+def identity_sr(tmp_path_factory):
+    """A tiny upsampler trained with y on 8 px windows of 16 px checkerboards whose 8 px
+    versions are all the same grey: red/cyan for y = (1, 0), green/magenta for (0, 1).
+    Only y can tell it which colours to draw, and no window shows where it was cut."""
+    from conftest import TINY_TRAIN
+
+    from id3pm.data import PrepareConfig, PreparedDataset, prepare
+    from id3pm.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("idsr")
+    (root / "src").mkdir()
+    pairs = {"rc": ((255, 0, 0), (0, 255, 255)), "gm": ((0, 255, 0), (255, 0, 255))}
+    keys, vectors = [], []
+    for name, (a, b) in pairs.items():
+        for phase, (c0, c1) in enumerate([(a, b), (b, a)]):
+            Image.fromarray(checkerboard(c0, c1)).save(root / "src" / f"{name}{phase}.png")
+            keys.append(f"{name}{phase}.png")
+            vectors.append([1.0, 0.0] if name == "rc" else [0.0, 1.0])
+    np.savez(root / "v.npz", keys=np.array(keys), vectors=np.array(vectors, np.float32))
+    prepare(PrepareConfig(src=str(root / "src"), out=str(root / "p"), encoder={"name": "table", "path": str(root / "v.npz")},
+                          sizes=(16, 8), holdout=0.0, workers=1, aligned=True, image_format="png"), progress=False)
+    model = {"block_out_channels": [32, 64], "attention_resolutions": [], "mid_attention": False}
+    train(TrainConfig(data=str(root / "p"), out=str(root / "run"), task="superres", cond_size=8, patch_size=8,
+                      sr_identity=True, max_steps=800, save_every=800, augment_level_max=0.2,
+                      **{**TINY_TRAIN, "size": 16, "model": model}))
+    return root / "run" / "model", PreparedDataset(root / "p").images(8)
+
+
+def colour_pair_error(images: np.ndarray, a, b) -> float:
+    """Mean distance (0..255) of each pixel to the nearer of colours a and b."""
+    px = images.reshape(-1, 3).astype(float)
+    return float(np.minimum(np.abs(px - a).mean(1), np.abs(px - b).mean(1)).mean())
+
+
+def test_same_windows_cuts_one_window_per_sample_from_every_tensor():
+    from id3pm.training import StepRandom, same_windows
+
+    high = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    low = high * 10
+    a, b = same_windows((high, low), 6, StepRandom(0, 0, 0, "cpu"))
+    assert a.shape == b.shape == (2, 3, 6, 6)
+    torch.testing.assert_close(b, a * 10)  # the same window in both
+    for i in range(2):  # a true window of sample i: its top-left element says where it was cut
+        r, c = divmod(int(a[i, 0, 0, 0].item()) - i * 3 * 256, 16)
+        assert r + 6 <= 16 and c + 6 <= 16
+        torch.testing.assert_close(a[i], high[i, :, r : r + 6, c : c + 6])
+    assert same_windows((high, low), 0, StepRandom(0, 0, 0, "cpu"))[0] is high  # 0: whole images
+
+
+def test_an_upsampler_trained_with_y_draws_what_y_says(identity_sr):
+    model, low = identity_sr
+    up = DiffusionUpscaler.from_pretrained(model, device="cpu")
+    assert up.uses_identity and "with identity" in up.label and up.info["patch_size"] == 8
+    grey = np.repeat(low[:1], 4, axis=0)  # every 8 px input is the same grey
+    assert np.abs(low.astype(int) - low[:1].astype(int)).max() <= 2
+    rc, gm = ((255, 0, 0), (0, 255, 255)), ((0, 255, 0), (255, 0, 255))
+    as_rc = up(grey, seeds=range(4), num_inference_steps=25, id_vectors=np.tile([[1.0, 0.0]], (4, 1)))
+    as_gm = up(grey, seeds=range(4), num_inference_steps=25, id_vectors=np.tile([[0.0, 1.0]], (4, 1)))
+    assert as_rc.shape == (4, 16, 16, 3)  # trained on 8 px windows, it samples the whole 16 px image
+    assert colour_pair_error(as_rc, *rc) + 40 < colour_pair_error(as_rc, *gm), (colour_pair_error(as_rc, *rc),
+                                                                                 colour_pair_error(as_rc, *gm))
+    assert colour_pair_error(as_gm, *gm) + 40 < colour_pair_error(as_gm, *rc)
+
+
+def test_the_pipeline_hands_each_image_its_vector_and_refuses_another_encoders_upsampler(trained_tiny):
+    from id3pm.pipeline import ID3PMPipeline
+
+    class SpyUpscaler:  # records what the pipeline passes; returns the images enlarged 2x
+        uses_identity = True
+        label = "spy"
+
+        def __init__(self, encoder):
+            self.info, self.calls = {"encoder": {"name": encoder}}, []
+
+        def __call__(self, images, seeds, num_inference_steps=25, id_vectors=None):
+            self.calls.append((np.array(seeds), id_vectors))
+            return images.repeat(2, axis=1).repeat(2, axis=2)
+
+    pipe = ID3PMPipeline.from_pretrained(trained_tiny[0], device="cpu")
+    vecs = trained_tiny[2][:2]
+    pipe.upscaler = SpyUpscaler(pipe.info["encoder"]["name"])
+    out = pipe(vecs, num_images_per_id=3, num_inference_steps=2, seed=5, upscale=True)
+    seeds, y = pipe.upscaler.calls[0]
+    np.testing.assert_array_equal(seeds, [5, 6, 7, 5, 6, 7])
+    np.testing.assert_allclose(y, np.repeat(vecs, 3, axis=0))  # image (i, j) gets vector i
+    assert out.upscaled.shape[:2] == (2, 3)
+    pipe.upscaler = SpyUpscaler("someone-else")
+    with pytest.raises(ValueError, match="conditioned on someone-else vectors"):
+        pipe(vecs, num_images_per_id=1, num_inference_steps=2, upscale=True)

@@ -245,13 +245,27 @@ class ID3PMPipeline:
             params["attributes"] = attributes if isinstance(attributes, dict) else np.asarray(attributes).tolist()
         upscaled = None
         if upscale:
-            if self.upscaler is None:
-                raise ValueError("upscale=True but no upscaler is set (pipe.upscaler = make_upscaler(...))")
             seeds = np.tile(np.arange(k) + seed, n)  # the base sample's seed fixes the SR noise too
-            flat = self.upscaler(images.reshape(n * k, *images.shape[2:]), seeds, num_inference_steps=upscale_steps)
+            flat = self.upscale(images.reshape(n * k, *images.shape[2:]), np.repeat(vectors, k, axis=0), seeds,
+                                upscale_steps)
             upscaled = flat.reshape(n, k, *flat.shape[1:])
             params["upscale"] = self.upscaler.label
         return PipelineOutput(images, [seed + j for j in range(k)], params, upscaled)
+
+    def upscale(self, images: np.ndarray, vectors: np.ndarray, seeds, num_inference_steps: int = 25) -> np.ndarray:
+        """The super-resolution stage on (B, h, w, 3) images made from vectors[b] (the
+        caller's templates) and seeds[b]. An upsampler trained with y gets each image's
+        vector in the base model's space (through the adapter, when there is one)."""
+        if self.upscaler is None:
+            raise ValueError("upscale=True but no upscaler is set (pipe.upscaler = make_upscaler(...))")
+        y = np.asarray(vectors, dtype=np.float32)
+        if self.adapter is not None:
+            y = self.adapter(y)
+        if getattr(self.upscaler, "uses_identity", False):
+            theirs, ours = self.upscaler.info["encoder"].get("name"), self.info["encoder"].get("name")
+            if theirs != ours:
+                raise ValueError(f"the upsampler is conditioned on {theirs} vectors, the base model on {ours}")
+        return self.upscaler(images, seeds, num_inference_steps=num_inference_steps, id_vectors=y)
 
     @torch.inference_mode()
     def render(self, vectors: np.ndarray, seeds, guidance_scale: float = 2.0, num_inference_steps: int = 25,

@@ -45,12 +45,14 @@ def guided_denoiser(
     attributes: torch.Tensor | None = None,
     attr_mask: torch.Tensor | None = None,
     prior_image: torch.Tensor | None = None,
+    shared: dict[str, torch.Tensor] | None = None,
 ) -> Denoiser:
     """Classifier-free guidance: eps = eps_u + s (eps_c - eps_u) on the noise channels;
     the variance channels come from the conditional pass (as in GLIDE). The conditional
     and unconditional passes go through the network in ONE batched forward.
     prior_image: g(y) of a model trained with a regression prior (`id3pm.prior`); the
-    unconditional pass gets zeros in its place, as in training."""
+    unconditional pass gets zeros in its place, as in training. shared: further inputs
+    that both passes see unchanged (an upsampler's low-resolution image and its level)."""
     batch = id_vectors.shape[0]
 
     def cond_args(n_copies: int, drop: list[bool]):
@@ -59,6 +61,7 @@ def guided_denoiser(
         args = dict(id_vector=rep(id_vectors), drop_id=drop_id, attributes=rep(attributes), attr_mask=rep(attr_mask))
         if prior_image is not None:
             args["cond_image"] = torch.cat([torch.zeros_like(prior_image) if d else prior_image for d in drop])
+        args.update({k: rep(v) for k, v in (shared or {}).items()})
         return args
 
     if guidance_scale == 1.0:  # conditional only: half the work

@@ -2,7 +2,9 @@
 (ID3PM's Fig. 2; ADM's super-resolution models; cascaded diffusion, Ho et al. 2021).
 
 The SR network sees the noisy high-resolution image concatenated with the bicubically
-upsampled low-resolution input, and no identity. In training the low-resolution input
+upsampled low-resolution input. ID3PM's upsampler sees no identity; ours may also take y
+(`id3pm train --task superres --sr-identity yes`, y dropped 10% of the time as in the base
+model), since a 32 px face leaves most of what an FR model reads to be invented. In training the low-resolution input
 is corrupted by the forward process at a random level ("noise-conditioning
 augmentation") and the level is an input, so that the errors of the base model do not
 compound; at sampling time a small level (default 0) is used.
@@ -20,7 +22,7 @@ from PIL import Image
 from id3pm.diffusion import GaussianDiffusion, make_betas, respace, space_timesteps
 from id3pm.images import tensor_to_uint8, uint8_to_tensor
 from id3pm.modeldir import load_model_dir, shipped_path
-from id3pm.sampling import get_sampler, make_generators, per_image_noise
+from id3pm.sampling import get_sampler, guided_denoiser, make_generators, per_image_noise
 
 SR_SEED_OFFSET = 7_919  # the SR noise of image seed s comes from seed s + this: fixed by s, not equal to it
 
@@ -42,7 +44,11 @@ class DiffusionUpscaler:
         self.model, self.info, self.device = model, info, torch.device(device)
         self.size = int(info["image_size"])
         self.diffusion = GaussianDiffusion(make_betas(info["diffusion"]["schedule"], info["diffusion"]["num_timesteps"]))
+        # conditioned on y as well as on the low-res image (trained with --sr-identity)
+        self.uses_identity = bool(getattr(getattr(model, "config", None), "id_dim", 0))
         self.label = f"diffusion super-resolution {info.get('cond_size')}->{self.size}"
+        if self.uses_identity:
+            self.label += " with identity"
 
     @classmethod
     def from_pretrained(cls, path, device: str | None = None):
@@ -56,10 +62,16 @@ class DiffusionUpscaler:
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, seeds, num_inference_steps: int = 25, sampler: str = "ddpm",
-                 aug_level: float = 0.0, batch_size: int = 16) -> np.ndarray:
+                 aug_level: float = 0.0, batch_size: int = 16, id_vectors: np.ndarray | None = None,
+                 guidance_scale: float = 1.0) -> np.ndarray:
         """(N, h, w, 3) uint8 -> (N, size, size, 3) uint8; image i uses seed seeds[i].
         Ancestral DDPM by default, as ADM and SR3 sample their upsamplers: the injected
-        noise corrects early mistakes, where deterministic solvers carry them along."""
+        noise corrects early mistakes, where deterministic solvers carry them along.
+        id_vectors (N, D): the identity of each image, for an upsampler trained with y
+        (ignored by one without); without them such an upsampler runs unconditionally, as
+        it was trained to with y dropped. guidance_scale > 1 pushes towards y (CFG)."""
+        if id_vectors is not None and len(id_vectors) != len(images):
+            raise ValueError(f"{len(id_vectors)} id_vectors for {len(images)} images")
         diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
         sample = get_sampler(sampler)
         out = []
@@ -73,9 +85,18 @@ class DiffusionUpscaler:
                 lt = torch.full((len(low),), int(aug_level * (self.diffusion.num_timesteps - 1)), device=self.device)
                 cond = self.diffusion.q_sample(cond, lt, per_image_noise(gens, cond.shape[1:], self.device))
             x = per_image_noise(gens, (3, self.size, self.size), self.device)
-            denoise = lambda xt, t: self.model(xt, t, cond_image=cond, level=level * 1000)  # noqa: E731
+            denoise = self._denoiser(cond, level * 1000, None if id_vectors is None else id_vectors[s : s + batch_size],
+                                     guidance_scale)
             out.append(tensor_to_uint8(sample(denoise, diffusion, x, gens)[:, :3]))
         return np.concatenate(out)
+
+    def _denoiser(self, cond: torch.Tensor, level: torch.Tensor, id_vectors, guidance_scale: float):
+        if not self.uses_identity:
+            return lambda xt, t: self.model(xt, t, cond_image=cond, level=level)
+        if id_vectors is None:  # unconditional: y dropped, as 10% of the training steps saw it
+            guidance_scale, id_vectors = 0.0, np.zeros((len(cond), self.model.config.id_dim), np.float32)
+        y = torch.as_tensor(np.asarray(id_vectors, np.float32), device=self.device)
+        return guided_denoiser(self.model, y, guidance_scale, shared={"cond_image": cond, "level": level})
 
 
 def make_upscaler(spec: str | None, device: str | None = None, size: int = 128):

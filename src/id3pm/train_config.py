@@ -14,6 +14,8 @@ class TrainConfig:
     task: str = "base"  # "base": ID-conditioned diffusion; "superres": upsampler; "regression": baseline decoder
     size: int = 64  # image side to train on
     cond_size: int = 0  # superres: low-resolution side (0: size // 2)
+    patch_size: int = 0  # superres: train on random windows of this side (0: whole images); it samples whole images
+    sr_identity: bool = False  # superres: also condition on y (dropped with --cond-drop), so the upsampler can use identity
     preset: str = "base"  # network size: tiny, small, base
     model: dict = field(default_factory=dict)  # overrides of the preset's network arguments
     schedule: str = "cosine"  # noise schedule

@@ -139,10 +139,12 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
         args.update(id_dim=0, extra_cond_channels=3, use_level_embedding=True, attr_dim=0)
         info["cond_size"] = cfg.cond_size or cfg.size // 2
         info["augment_level_max"] = cfg.augment_level_max
-    else:
+        info["patch_size"] = cfg.patch_size or cfg.size
+    if cfg.task != "superres" or cfg.sr_identity:
         # Scale y so that its entries are O(1) before the Linear layer, whatever the encoder's norm.
         args.update(id_dim=data.id_dim, id_scale=math.sqrt(data.id_dim) / max(mean_norm, 1e-8))
         args["null_condition"] = cfg.null_condition
+    if cfg.task != "superres":
         if train_set.attrs is not None:
             args["attr_dim"] = train_set.attrs.shape[1]
             attrs = train_set.attrs.numpy()
@@ -192,6 +194,19 @@ def upsample(low: torch.Tensor, size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
+def same_windows(images: tuple[torch.Tensor, ...], side: int, rnd: StepRandom) -> tuple[torch.Tensor, ...]:
+    """The same random side x side window of sample i in every tensor (the high-res target
+    and its upsampled low-res input): SR3 and Imagen train their upsamplers on crops, so
+    that a step costs a quarter of a whole 128 px face and the network stays convolutional."""
+    b, _, h, w = images[0].shape
+    if side <= 0 or side >= min(h, w):
+        return images
+    top = rnd.randint(h - side + 1, (b,), "cpu").tolist()
+    left = rnd.randint(w - side + 1, (b,), "cpu").tolist()
+    return tuple(torch.stack([im[i, :, top[i] : top[i] + side, left[i] : left[i] + side] for i in range(b)])
+                 for im in images)
+
+
 def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
     """Per-sample losses of one batch for the configured task."""
     x0 = batch["image"]
@@ -202,18 +217,22 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
         out = model(canvas, torch.zeros(b, dtype=torch.long, device=device), id_vector=batch["id_vector"])
         mse = ((out.float() - x0) ** 2).mean(dim=(1, 2, 3))
         return {"loss": mse, "mse": mse}
-    t = rnd.randint(diffusion.num_timesteps, (b,), device)
-    noise = rnd.randn(x0.shape, device)
     kwargs: dict = {}
     if cfg.task == "superres":
         # Noise-conditioning augmentation (Ho et al. 2021): corrupt the low-res input by
         # q_sample at a random level and tell the network the level.
         low = upsample(batch["cond_image"], cfg.size)
+        x0, low = same_windows((x0, low), cfg.patch_size, rnd)
         level = rnd.rand((b,), device) * cfg.augment_level_max
         lt = (level * (diffusion.num_timesteps - 1)).long()
         kwargs["cond_image"] = diffusion.q_sample(low, lt, rnd.randn(low.shape, device))
         kwargs["level"] = level * 1000
-    else:
+        if cfg.sr_identity:
+            kwargs["id_vector"] = batch["id_vector"]
+            kwargs["drop_id"] = rnd.rand((b,), device) < cfg.cond_drop
+    t = rnd.randint(diffusion.num_timesteps, (b,), device)
+    noise = rnd.randn(x0.shape, device)
+    if cfg.task != "superres":
         kwargs["id_vector"] = noisy_condition(batch["id_vector"], cfg.cond_noise, info.get("id_mean_norm", 1.0), rnd)
         kwargs["drop_id"] = rnd.rand((b,), device) < cfg.cond_drop
         if "prior_image" in batch:  # dropped together with y: the unconditional model sees no identity
@@ -261,7 +280,8 @@ def sample_grid(cfg, ema_model, info, diffusion, train_set, holdout_set, step: i
         samples = ema_model.regress(batch["id_vector"])
     elif cfg.task == "superres":
         low = upsample(batch["cond_image"], cfg.size)
-        denoise = lambda xt, t: ema_model(xt, t, cond_image=low, level=torch.zeros(n, device=device))  # noqa: E731
+        y = batch["id_vector"] if ema_model.config.id_dim else None
+        denoise = lambda xt, t: ema_model(xt, t, cond_image=low, level=torch.zeros(n, device=device), id_vector=y)  # noqa: E731
         samples = sample_dpmpp_2m(denoise, *start_of_sampling(diffusion, 25, x), gens)
     else:  # as the pipeline samples: from g(y) noised to PRIOR_START when there is a prior
         prior = None if "prior_image" not in batch else prior_as_input(batch["prior_image"], device)
@@ -663,12 +683,13 @@ def forward_flops(model: torch.nn.Module, cfg: TrainConfig, info: dict, device) 
     """FLOPs of one forward pass for one image (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, 3, cfg.size, cfg.size, device=device)
+    side = (cfg.patch_size or cfg.size) if cfg.task == "superres" else cfg.size  # what one training sample costs
+    x = torch.zeros(1, 3, side, side, device=device)
     kwargs = {}
     if model.config.id_dim:
         kwargs["id_vector"] = torch.zeros(1, model.config.id_dim, device=device)
     if model.config.extra_cond_channels:
-        kwargs["cond_image"] = torch.zeros(1, model.config.extra_cond_channels, cfg.size, cfg.size, device=device)
+        kwargs["cond_image"] = torch.zeros(1, model.config.extra_cond_channels, side, side, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x, torch.zeros(1, dtype=torch.long, device=device), **kwargs)
     return float(counter.get_total_flops())

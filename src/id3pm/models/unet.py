@@ -60,6 +60,7 @@ class IDConditionedUNet(ModelMixin, ConfigMixin):
         null_condition: str = "zero",  # "zero": dropped y is the zero vector; "learned": a learned embedding
         extra_cond_channels: int = 0,  # extra input channels concatenated to x (super-resolution: low-res image)
         use_level_embedding: bool = False,  # super-resolution: embed a noise-augmentation level
+        mid_attention: bool = True,  # self-attention in the middle block (off: fully convolutional)
     ):
         super().__init__()
         if null_condition not in ("zero", "learned"):
@@ -79,6 +80,7 @@ class IDConditionedUNet(ModelMixin, ConfigMixin):
             resnet_time_scale_shift="scale_shift",
             # diffusers drops the mid-block attention's GroupNorm under scale-shift norm; ADM has it.
             attn_norm_num_groups=norm_num_groups,
+            add_attention=mid_attention,
             class_embed_type="identity",  # our condition embedding is added to the time embedding as is
         )
         embed_dim = block_out_channels[0] * 4  # UNet2DModel's time-embedding width

@@ -329,7 +329,7 @@ class Batcher:
             chunk = slice(start, start + self.max_batch)
             imgs = render(self.pipe, vectors[chunk], seeds[chunk], guidance, steps, sampler)
             if upscale:  # the base picture's seed fixes the SR noise too, as in the pipeline
-                imgs = self.pipe.upscaler(imgs, seeds[chunk])
+                imgs = self.pipe.upscale(imgs, vectors[chunk], seeds[chunk])
             images.append(imgs)
             encoded.append(self._encode_generated(imgs))
             self.stats["batches"] += 1
