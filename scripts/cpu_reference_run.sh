@@ -52,7 +52,8 @@ if [ "$TASK" = superres ]; then
   # TASK=superres: the upsampler (#26; docs/results.md), 32 -> 128, trained on 48 px windows
   # (a step costs an eighth of a whole face), conditioned on y too
   SETTINGS=(--task superres --size 128 --cond-size 32 --patch-size 48 --sr-identity yes --preset sr
-            --batch-size 32 --lr 2e-4 --warmup-steps 500 --ema-decay 0.999)
+            --sr-residual 3 --batch-size 32 --lr 2e-4 --warmup-steps 500 --ema-decay 0.999)
+  if [ -n "${INIT_FROM:-}" ] && [ ! -e "$RUN/checkpoint/state.json" ]; then INIT=(--init-from "$INIT_FROM"); fi
 fi
 setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" "${SETTINGS[@]}" \
   --save-every 500 --sample-every 2000 --log-every 50 --max-steps 10000000 \

@@ -166,6 +166,7 @@ def render(r: dict) -> str:
 
 
 def sheet(inputs: dict, images: dict, arms: list[str], real: np.ndarray, path: Path, rows: int = 6) -> None:
+    rows = min(rows, len(real))
     cols = ["input (nearest)"] + [arm_name(a) for a in arms] + ["real 128 px"]
     grid = []
     for kind, small in inputs.items():

@@ -136,9 +136,11 @@ def checkerboard(a, b, side=16):
 
 @pytest.fixture(scope="module")
 def identity_sr(tmp_path_factory):
-    """A tiny upsampler trained with y on 8 px windows of 16 px checkerboards whose 8 px
+    """A tiny residual upsampler trained with y on 8 px windows of 16 px checkerboards whose 8 px
     versions are all the same grey: red/cyan for y = (1, 0), green/magenta for (0, 1).
-    Only y can tell it which colours to draw, and no window shows where it was cut."""
+    Only y can tell it which colours to draw, and no window shows where it was cut.
+    The residual is the whole checkerboard (+-1), so it is diffused at scale 1: at a larger
+    scale the sampler's clip to [-1, 1] would cut it (real faces' residuals are ~0.05)."""
     from conftest import TINY_TRAIN
 
     from id3pm.data import PrepareConfig, PreparedDataset, prepare
@@ -158,7 +160,7 @@ def identity_sr(tmp_path_factory):
                           sizes=(16, 8), holdout=0.0, workers=1, aligned=True, image_format="png"), progress=False)
     model = {"block_out_channels": [32, 64], "attention_resolutions": [], "mid_attention": False}
     train(TrainConfig(data=str(root / "p"), out=str(root / "run"), task="superres", cond_size=8, patch_size=8,
-                      sr_identity=True, max_steps=800, save_every=800, augment_level_max=0.2,
+                      sr_identity=True, sr_residual=1.0, max_steps=800, save_every=800, augment_level_max=0.2,
                       **{**TINY_TRAIN, "size": 16, "model": model}))
     return root / "run" / "model", PreparedDataset(root / "p").images(8)
 
@@ -187,7 +189,7 @@ def test_same_windows_cuts_one_window_per_sample_from_every_tensor():
 def test_an_upsampler_trained_with_y_draws_what_y_says(identity_sr):
     model, low = identity_sr
     up = DiffusionUpscaler.from_pretrained(model, device="cpu")
-    assert up.uses_identity and "with identity" in up.label and up.info["patch_size"] == 8
+    assert up.uses_identity and "with identity" in up.label and up.info["patch_size"] == 8 and up.info["residual"]
     grey = np.repeat(low[:1], 4, axis=0)  # every 8 px input is the same grey
     assert np.abs(low.astype(int) - low[:1].astype(int)).max() <= 2
     rc, gm = ((255, 0, 0), (0, 255, 255)), ((0, 255, 0), (255, 0, 255))

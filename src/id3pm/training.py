@@ -140,6 +140,7 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
         info["cond_size"] = cfg.cond_size or cfg.size // 2
         info["augment_level_max"] = cfg.augment_level_max
         info["patch_size"] = cfg.patch_size or cfg.size
+        info["residual"] = cfg.sr_residual  # the residual's scale; 0: the whole image is diffused
     if cfg.task != "superres" or cfg.sr_identity:
         # Scale y so that its entries are O(1) before the Linear layer, whatever the encoder's norm.
         args.update(id_dim=data.id_dim, id_scale=math.sqrt(data.id_dim) / max(mean_norm, 1e-8))
@@ -223,6 +224,8 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
         # q_sample at a random level and tell the network the level.
         low = upsample(batch["cond_image"], cfg.size)
         x0, low = same_windows((x0, low), cfg.patch_size, rnd)
+        if info.get("residual"):  # what the upsampler has to invent: the detail bicubic lacks,
+            x0 = (x0 - low) * info["residual"]  # scaled: at std 0.05 the schedule would drown it at once
         level = rnd.rand((b,), device) * cfg.augment_level_max
         lt = (level * (diffusion.num_timesteps - 1)).long()
         kwargs["cond_image"] = diffusion.q_sample(low, lt, rnd.randn(low.shape, device))
@@ -283,6 +286,8 @@ def sample_grid(cfg, ema_model, info, diffusion, train_set, holdout_set, step: i
         y = batch["id_vector"] if ema_model.config.id_dim else None
         denoise = lambda xt, t: ema_model(xt, t, cond_image=low, level=torch.zeros(n, device=device), id_vector=y)  # noqa: E731
         samples = sample_dpmpp_2m(denoise, *start_of_sampling(diffusion, 25, x), gens)
+        if info.get("residual"):
+            samples = (samples / info["residual"] + low).clamp(-1, 1)
     else:  # as the pipeline samples: from g(y) noised to PRIOR_START when there is a prior
         prior = None if "prior_image" not in batch else prior_as_input(batch["prior_image"], device)
         denoise = guided_denoiser(ema_model, batch["id_vector"], 2.0, prior_image=prior)
