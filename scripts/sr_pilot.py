@@ -123,7 +123,7 @@ def main() -> None:
         for arm in arms:
             work = out / "arms" / f"{arm_name(arm)}-{kind.split()[0]}"
             images[(kind, arm)], seconds[f"{kind} | {arm}"] = upsample(arm, small, data.vectors(idx), work, args)
-    result = {"n": len(idx), "arms": arms, "seconds_per_image": seconds, "identity": {}, "kid": {}}
+    result = {"n": len(idx), "arms": arms, "seconds_per_image": seconds, "identity": {}, "against_lanczos": {}, "kid": {}}
     for name in JUDGES:
         enc = make_encoder(name)
         refs = enc.encode(list(data.images(128, population)), aligned=True).vectors
@@ -133,6 +133,9 @@ def main() -> None:
         for (kind, arm), d in dist.items():
             if arm != NONE:
                 result["identity"].setdefault(f"{kind} | {arm}", {})[name] = paired_comparison(dist[(kind, NONE)], d, threshold)
+            if arm not in (NONE, "lanczos") and (kind, "lanczos") in dist:  # the bar of #26: against the fallback
+                result["against_lanczos"].setdefault(f"{kind} | {arm}", {})[name] = paired_comparison(
+                    dist[(kind, "lanczos")], d, threshold)
     inception = InceptionFeatures(device="cpu")
     real_features = inception(real)
     for (kind, arm), im in images.items():
@@ -162,6 +165,15 @@ def render(r: dict) -> str:
         kid = r["kid"][key]
         lines.append(f"| {kind} | {arm_name(arm)} | {r['seconds_per_image'][key]:.3f} | " + " | ".join(cells)
                      + f" | {1000 * kid['kid']:.2f} ± {1000 * kid['std']:.2f} |")
+    if r.get("against_lanczos"):
+        lines += ["", "Against Lanczos on the same images (distance change, 95% CI; SAR at FMR 1% Lanczos -> arm):", "",
+                  "| input | arm | " + " | ".join(JUDGES) + " |", "|---|---|" + "---|" * len(JUDGES)]
+        for key, per in r["against_lanczos"].items():
+            kind, arm = key.split(" | ")
+            lines.append(f"| {kind} | {arm_name(arm)} | " + " | ".join(
+                f"{per[j]['distance_change']:+.4f} [{per[j]['distance_change_ci95'][0]:+.4f}, "
+                f"{per[j]['distance_change_ci95'][1]:+.4f}], {100 * per[j]['sar_before']:.0f} -> "
+                f"{100 * per[j]['sar_after']:.0f}" for j in JUDGES) + " |")
     return "\n".join(lines) + "\n"
 
 
