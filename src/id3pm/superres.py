@@ -1,15 +1,15 @@
-"""Super-resolution stage: an unconditional diffusion upsampler after the 64x64 model
-(ID3PM's Fig. 2; ADM's super-resolution models; cascaded diffusion, Ho et al. 2021).
+"""Super-resolution stage: a diffusion upsampler after the base model (ID3PM's Fig. 2;
+ADM's super-resolution models; cascaded diffusion, Ho et al. 2021).
 
 The SR network sees the noisy high-resolution image concatenated with the bicubically
 upsampled low-resolution input; it may diffuse the whole image or only the residual
 high - bicubic(low) (SRDiff, Li et al. 2022), which leaves colours and shapes to the input
-and learns far faster per CPU-hour. ID3PM's upsampler sees no identity; ours may also take y
-(`id3pm train --task superres --sr-identity yes`, y dropped 10% of the time as in the base
-model), since a 32 px face leaves most of what an FR model reads to be invented. In training the low-resolution input
-is corrupted by the forward process at a random level ("noise-conditioning
-augmentation") and the level is an input, so that the errors of the base model do not
-compound; at sampling time a small level (default 0) is used.
+and learns far faster per CPU-hour. ID3PM's upsampler sees no identity; ours may also
+take y (`id3pm train --task superres --sr-identity yes`, y dropped 10% of the time as in
+the base model), since a 32 px face leaves most of what an FR model reads to be invented.
+In training the low-resolution input is corrupted by the forward process at a random
+level ("noise-conditioning augmentation") and the level is an input, so that the errors
+of the base model do not compound; at sampling time a small level (default 0) is used.
 
 Without SR weights, `LanczosUpscaler` is the labelled fallback.
 """
