@@ -69,7 +69,8 @@ def realesrgan(images: np.ndarray, work: Path, python: str) -> tuple[np.ndarray,
 
 def arm_name(arm: str) -> str:
     """How an arm is shown: a folder by its name, with its guidance and steps when set."""
-    return Path(arm.split("@")[0].split("#")[0]).name + arm[len(arm.split("@")[0].split("#")[0]):]
+    path = arm.split("@")[0].split("#")[0]
+    return Path(path).name + arm[len(path):]
 
 
 def diffusion_arm(arm: str, images: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -115,14 +116,15 @@ def main() -> None:
     population = data.sample_indices("holdout", max(args.n, args.thresholds))
     idx = population[: args.n]
     real = data.images(128, idx)
-    inputs = {"real 32 px crop": data.images(32, idx), "model sample": model_samples(data.vectors(idx), out)}
+    vectors = data.vectors(idx)  # each photo's template: the model's input, and an upsampler's trained with y
+    inputs = {"real 32 px crop": data.images(32, idx), "model sample": model_samples(vectors, out)}
     arms = [a for a in args.arms.split(",") if a]
     images, seconds = {}, {}
     for kind, small in inputs.items():
         images[(kind, NONE)] = small
         for arm in arms:
             work = out / "arms" / f"{arm_name(arm)}-{kind.split()[0]}"
-            images[(kind, arm)], seconds[f"{kind} | {arm}"] = upsample(arm, small, data.vectors(idx), work, args)
+            images[(kind, arm)], seconds[f"{kind} | {arm}"] = upsample(arm, small, vectors, work, args)
     result = {"n": len(idx), "arms": arms, "seconds_per_image": seconds, "identity": {}, "against_lanczos": {}, "kid": {}}
     for name in JUDGES:
         enc = make_encoder(name)

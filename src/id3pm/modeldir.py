@@ -32,8 +32,8 @@ PRESETS = {
     # 32x32 candidates for the CPU-trained reference model (<= 12M parameters: <= 24 MiB fp16)
     "compact": dict(block_out_channels=(48, 96, 192), layers_per_block=2, attention_head_dim=48, norm_num_groups=16, dropout=0.1),
     "mini": dict(block_out_channels=(32, 64, 128, 192), layers_per_block=2, attention_resolutions=(8, 4), attention_head_dim=32, norm_num_groups=16, dropout=0.1),
-    # super-resolution on CPU: no attention anywhere, so that a network trained on 64 px
-    # windows of 128 px faces sees the same receptive field when it samples whole faces
+    # super-resolution on CPU: no attention anywhere, so that a network trained on small
+    # windows of 128 px faces (--patch-size) sees the same receptive field on whole faces
     "sr": dict(block_out_channels=(32, 64, 96, 128), layers_per_block=2, attention_resolutions=(), mid_attention=False, attention_head_dim=32, norm_num_groups=16, dropout=0.0),
     "large": dict(block_out_channels=(128, 256, 384, 512), layers_per_block=2, attention_head_dim=64, norm_num_groups=32, dropout=0.1),
 }

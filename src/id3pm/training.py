@@ -198,7 +198,7 @@ def upsample(low: torch.Tensor, size: int) -> torch.Tensor:
 def same_windows(images: tuple[torch.Tensor, ...], side: int, rnd: StepRandom) -> tuple[torch.Tensor, ...]:
     """The same random side x side window of sample i in every tensor (the high-res target
     and its upsampled low-res input): SR3 and Imagen train their upsamplers on crops, so
-    that a step costs a quarter of a whole 128 px face and the network stays convolutional."""
+    that a step costs (side / size)^2 of a whole face and the network stays convolutional."""
     b, _, h, w = images[0].shape
     if side <= 0 or side >= min(h, w):
         return images
