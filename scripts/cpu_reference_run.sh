@@ -55,6 +55,10 @@ if [ "$TASK" = superres ]; then
             --sr-residual 3 --batch-size 32 --lr 2e-4 --warmup-steps 500 --ema-decay 0.999)
   if [ -n "${INIT_FROM:-}" ] && [ ! -e "$RUN/checkpoint/state.json" ]; then INIT=(--init-from "$INIT_FROM"); fi
 fi
+# EXTRA: further training flags for a new run (e.g. EXTRA="--sr-regression yes --augment-level-max 0.2");
+# a resume must pass the same ones
+read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
+SETTINGS+=("${EXTRA_FLAGS[@]}")
 setsid nohup "$PY" -m id3pm.cli train "$DATA" "$RUN" "${SETTINGS[@]}" \
   --save-every 500 --sample-every 2000 --log-every 50 --max-steps 10000000 \
   --max-minutes "$minutes" --lr-cooldown-minutes "$COOLDOWN" --progress no "${INIT[@]}" >> "$RUN/train.out" 2>&1 < /dev/null &

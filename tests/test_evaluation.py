@@ -467,3 +467,47 @@ def test_the_fid_section_ranks_noise_below_real_faces(tmp_path):
     assert fid["untrained s=1"]["kid"] > fid["nearest neighbour"]["kid"]
     assert fid["untrained s=1"]["fid"] > fid["nearest neighbour"]["fid"]
     assert "KID x 1000" in (out / "report.md").read_text()
+
+
+def test_upscaled_verification_rows_get_each_template_and_their_own_ceiling(tmp_path, monkeypatch):
+    """--upscale: every verification row again after the upsampler, which gets image j's own
+    template (the dlib vector of the first photo of positive pair j) and seed; the real crop at
+    the upsampler's size is the ceiling beside them. An upsampler conditioned on another
+    encoder's vectors is refused by name."""
+    import id3pm.superres as superres
+    from id3pm.modeldir import save_model_dir
+    from id3pm.models import IDConditionedUNet
+
+    src, prep, model, _, _ = astronaut_set_and_model(tmp_path)
+    (tmp_path / "pairs.csv").write_text("path_a,path_b,same,fold\n" + "".join(
+        f"a{i}.png,a{(i + 1) % 6}.png,{1 if i % 2 else 0},{i % 2}\n" for i in range(6)))
+    calls = []
+
+    class Spy(superres.LanczosUpscaler):
+        def __call__(self, images, seeds=None, **kwargs):
+            calls.append((images.shape, list(seeds), kwargs["id_vectors"]))
+            return super().__call__(images)
+
+    monkeypatch.setattr(superres, "make_upscaler", lambda spec, device=None: Spy(64))
+    cfg = EvalConfig(out=str(tmp_path / "eval"), models=[f"untrained={model}"], data=str(prep), limit=2,
+                     independent=None, judges=[], baselines=["nn"], pairs=str(tmp_path / "pairs.csv"),
+                     pairs_root=str(src), guidance=[1.0], steps=2, diversity_ids=0, device="cpu", upscale=["spy=x"])
+    rows = Evaluation(cfg).run()["verification"]["rows"]
+    assert {"real 64 px crop", "untrained s=1 -> 64 px spy", "nearest neighbour -> 64 px spy"} <= set(rows)
+    firsts = [f"a{i}.png" for i in (1, 3, 5)]  # the first photos of the positive pairs, in path order
+    dlib = make_encoder({"name": "dlib"})
+    want = dlib.encode([load_image(src / p) for p in firsts], keys=firsts).vectors
+    assert len(calls) == 2 and all(shape == (3, 32, 32, 3) and seeds == [0, 1, 2] for shape, seeds, _ in calls)
+    np.testing.assert_allclose(calls[0][2], want, atol=1e-5)
+    # the enlarged retrieval row is judged: the astronaut is found, so the positive pairs stay close
+    assert rows["nearest neighbour -> 64 px spy"]["conditioning"]["failed_pairs"] == 0
+
+    net = IDConditionedUNet(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                            attention_resolutions=(), mid_attention=False, id_dim=8, extra_cond_channels=3,
+                            use_level_embedding=True)
+    info = {"task": "superres", "image_size": 16, "cond_size": 8, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
+            "encoder": {"name": "faceres"}, "id_dim": 8}
+    other = save_model_dir(tmp_path / "faceres_sr", net, info)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="conditioned on faceres vectors, the templates are dlib's"):
+        Evaluation(EvalConfig(**{**cfg.__dict__, "upscale": [str(other)], "out": str(tmp_path / "e2")}))

@@ -17,14 +17,14 @@ def psnr(a, b):
     return 10 * np.log10(255**2 / mse)
 
 
-@pytest.fixture(scope="module")
-def tiny_sr(tmp_path_factory):
+def train_astronaut_sr(root, **overrides):
+    """A tiny upsampler 8 -> 16 px trained on four detailed astronaut crops, each with its
+    own vector; returns its model folder and the crops at 8 and 16 px."""
     from conftest import TINY_TRAIN
 
-    from id3pm.data import PrepareConfig, prepare
+    from id3pm.data import PrepareConfig, PreparedDataset, prepare
     from id3pm.training import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("sr")
     src = root / "src"
     src.mkdir()
     astro = skdata.astronaut()
@@ -32,16 +32,24 @@ def tiny_sr(tmp_path_factory):
     for i, (y, x) in enumerate([(80, 160), (200, 200), (300, 60), (20, 20)]):
         Image.fromarray(astro[y : y + 64, x : x + 64]).save(src / f"p{i}.png")  # detailed 16x16 targets after resize
         keys.append(f"p{i}.png")
-    np.savez(root / "v.npz", keys=np.array(keys), vectors=np.zeros((4, 2), np.float32))
+    np.savez(root / "v.npz", keys=np.array(keys), vectors=np.eye(4, 2, dtype=np.float32))
     prepare(PrepareConfig(src=str(src), out=str(root / "p"), encoder={"name": "table", "path": str(root / "v.npz")},
                           sizes=(16, 8), holdout=0.0, workers=1, aligned=True, image_format="png"), progress=False)
     cfg = {**TINY_TRAIN, "size": 16, "model": {"block_out_channels": [32, 64], "attention_resolutions": [8]}}
-    train(TrainConfig(data=str(root / "p"), out=str(root / "run"), task="superres", cond_size=8, max_steps=2000,
-                      save_every=2000, augment_level_max=0.2, **cfg))
-    from id3pm.data import PreparedDataset
-
+    train(TrainConfig(data=str(root / "p"), out=str(root / "run"), task="superres", cond_size=8,
+                      augment_level_max=0.2, **{**cfg, **overrides}))
     ds = PreparedDataset(root / "p")
     return root / "run" / "model", ds.images(8), ds.images(16)
+
+
+def bicubic_psnr(low, high) -> float:
+    bicubic = np.stack([np.asarray(Image.fromarray(im).resize(high.shape[1:3], Image.BICUBIC)) for im in low])
+    return float(np.mean([psnr(b, h) for b, h in zip(bicubic, high)]))
+
+
+@pytest.fixture(scope="module")
+def tiny_sr(tmp_path_factory):
+    return train_astronaut_sr(tmp_path_factory.mktemp("sr"), max_steps=2000, save_every=2000)
 
 
 def test_tiny_sr_model_beats_bicubic_on_its_training_images(tiny_sr):
@@ -49,10 +57,23 @@ def test_tiny_sr_model_beats_bicubic_on_its_training_images(tiny_sr):
     up = DiffusionUpscaler.from_pretrained(model, device="cpu")
     assert up.info["task"] == "superres" and up.size == 16
     out = up(low, seeds=[0, 1, 2, 3], num_inference_steps=50)
-    bicubic = np.stack([np.asarray(Image.fromarray(im).resize((16, 16), Image.BICUBIC)) for im in low])
     ours = np.mean([psnr(o, h) for o, h in zip(out, high)])
-    base = np.mean([psnr(b, h) for b, h in zip(bicubic, high)])
-    assert ours > base + 1.0, (ours, base)
+    assert ours > bicubic_psnr(low, high) + 1.0, (ours, bicubic_psnr(low, high))
+
+
+def test_a_regression_upsampler_beats_bicubic_in_one_pass_with_y(tmp_path):
+    """--sr-regression: L1 on the residual detail, one forward pass; it reads y (here each
+    crop's own vector) and ignores seeds and step counts."""
+    model, low, high = train_astronaut_sr(tmp_path, max_steps=600, save_every=600, sr_regression=True,
+                                          sr_identity=True, sr_residual=3.0, patch_size=12)
+    up = DiffusionUpscaler.from_pretrained(model, device="cpu")
+    assert up.regression and up.uses_identity and up.label.startswith("regression super-resolution 8->16")
+    y = np.eye(4, 2, dtype=np.float32)
+    out = up(low, seeds=[0, 1, 2, 3], id_vectors=y)
+    ours = np.mean([psnr(o, h) for o, h in zip(out, high)])
+    assert ours > bicubic_psnr(low, high) + 1.0, (ours, bicubic_psnr(low, high))
+    np.testing.assert_array_equal(out, up(low, seeds=[9, 8, 7, 6], num_inference_steps=3, id_vectors=y))
+    assert not np.array_equal(out, up(low, seeds=[0, 1, 2, 3], id_vectors=y[::-1].copy()))  # y reaches the network
 
 
 def test_seed_fixes_the_sr_noise_and_chain_through_the_pipeline(tiny_sr, trained_tiny):

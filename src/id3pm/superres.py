@@ -7,6 +7,9 @@ high - bicubic(low) (SRDiff, Li et al. 2022), which leaves colours and shapes to
 and learns far faster per CPU-hour. ID3PM's upsampler sees no identity; ours may also
 take y (`id3pm train --task superres --sr-identity yes`, y dropped 10% of the time as in
 the base model), since a 32 px face leaves most of what an FR model reads to be invented.
+`--sr-regression` trains the same network to predict the detail in one pass with an L1
+loss (the SR-CNN way, EDSR and after): no sampling steps, sharp where the input decides
+the detail and its median where it does not, where diffusion draws one possibility.
 In training the low-resolution input is corrupted by the forward process at a random
 level ("noise-conditioning augmentation") and the level is an input, so that the errors
 of the base model do not compound; at sampling time a small level (default 0) is used.
@@ -48,7 +51,10 @@ class DiffusionUpscaler:
         self.diffusion = GaussianDiffusion(make_betas(info["diffusion"]["schedule"], info["diffusion"]["num_timesteps"]))
         # conditioned on y as well as on the low-res image (trained with --sr-identity)
         self.uses_identity = bool(getattr(getattr(model, "config", None), "id_dim", 0))
-        self.label = f"diffusion super-resolution {info.get('cond_size')}->{self.size}"
+        # trained with --sr-regression: one pass predicts the detail (seeds and steps do not matter)
+        self.regression = info.get("objective") == "regression"
+        kind = "regression" if self.regression else "diffusion"
+        self.label = f"{kind} super-resolution {info.get('cond_size')}->{self.size}"
         if self.uses_identity:
             self.label += " with identity"
 
@@ -90,7 +96,11 @@ class DiffusionUpscaler:
             x = per_image_noise(gens, (3, self.size, self.size), self.device)
             denoise = self._denoiser(cond, level * 1000, None if id_vectors is None else id_vectors[s : s + batch_size],
                                      guidance_scale)
-            out.append(tensor_to_uint8((sample(denoise, diffusion, x, gens)[:, :3] / scale + base).clamp(-1, 1)))
+            if self.regression:
+                detail = denoise(torch.zeros_like(x), torch.zeros(len(x), dtype=torch.long, device=self.device))
+            else:
+                detail = sample(denoise, diffusion, x, gens)
+            out.append(tensor_to_uint8((detail[:, :3] / scale + base).clamp(-1, 1)))
         return np.concatenate(out)
 
     def _denoiser(self, cond: torch.Tensor, level: torch.Tensor, id_vectors, guidance_scale: float):

@@ -24,7 +24,7 @@ def cmd_evaluate(args):
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, fid=args.fid,
         inception=args.inception, lpips_backbone=args.lpips_backbone, lpips_heads=args.lpips_heads,
         seed=args.seed, device=args.device, queries=args.queries, searches=args.search, report=args.report,
-        protections=args.protect or [], adapter=args.adapter,
+        protections=args.protect or [], adapter=args.adapter, upscale=args.upscale or [],
     )
     metrics = Evaluation(cfg).run()
     print((Path(args.out) / "report.md").read_text())
@@ -75,6 +75,9 @@ def _evaluate_flags(p):
                    help="a template protection to attack (repeatable): orthonormal:key=7, biohash:key=7,bits=128, "
                         "noise:snr_db=10,key=7, pca:path=basis.npz,k=32. A --model trained on protected vectors "
                         "(prepare --encoder protected:...) adds its own scheme and attacks it as an aware attacker")
+    p.add_argument("--upscale", action="append",
+                   help="verification rows again after an upsampler: lanczos or a folder, optionally name=path "
+                        "(repeatable), beside the real crop at its size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="eval")
@@ -90,6 +93,7 @@ def cmd_yardstick(args):
         limit=args.limit, pairs_limit=args.pairs_limit, guidance=args.guidance, prior_starts=args.prior_start,
         steps=args.steps, sampler=args.sampler, independent=args.independent or None, judges=judge_list(args.judges),
         diversity_ids=args.diversity_ids, diversity_samples=args.diversity_samples, seed=args.seed, device=args.device,
+        upscale=args.upscale or [],
     )
     sets = yardstick_sets(Path(args.out), celeba=args.celeba, aaf=args.aaf, orl=args.orl, yale=args.yale)
     table = run_yardstick(base, sets)
@@ -119,6 +123,9 @@ def _yardstick_flags(p):
                         "its own columns, and one whose model file is missing is skipped with a note")
     p.add_argument("--diversity-ids", type=int, default=10, help="CelebA identities for the diversity rows")
     p.add_argument("--diversity-samples", type=int, default=10)
+    p.add_argument("--upscale", action="append",
+                   help="verification rows again after an upsampler: lanczos or a folder, optionally name=path "
+                        "(repeatable), beside the real crop at its size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="yardstick")

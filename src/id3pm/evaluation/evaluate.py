@@ -73,6 +73,9 @@ class EvalConfig:
     report: str = ""  # "attack": also attack.md / attack.png (SAR against queries)
     protections: list[str] = field(default_factory=list)  # template transforms to attack, e.g. "biohash:key=7"
     adapter: str | None = None  # adapter folder (`id3pm adapt`): the models invert --data's encoder's templates through it
+    # verification: every row again after each upsampler ("lanczos" or a folder, optionally "name=path"; each
+    # image given the template it was made from), beside the real crop at its size (#26's bar)
+    upscale: list[str] = field(default_factory=list)
 
 
 class SpreadTools:
@@ -145,7 +148,19 @@ class Evaluation:
         self.judges = ([("independent", self.ind)] if self.ind else []) + self._extra_judges()  # all but conditioning
         self.encoders = [("conditioning", self.cond)] + self.judges
         self.methods = self._methods()
+        self.upscalers = [self._upscaler(spec, enc_spec) for spec in cfg.upscale]
         self.row_cache, self.model_digests = RowCache(self.out / "rows"), {}
+
+    def _upscaler(self, spec: str, enc_spec: dict):
+        """(name, upscaler) for --upscale; one conditioned on y must take this encoder's templates."""
+        from id3pm.superres import make_upscaler
+
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        up = make_upscaler(path, self.cfg.device)
+        theirs = up.info["encoder"].get("name") if getattr(up, "uses_identity", False) else None
+        if theirs not in (None, enc_spec.get("name")):
+            raise ValueError(f"upsampler {spec} is conditioned on {theirs} vectors, the templates are {enc_spec.get('name')}'s")
+        return name or Path(path).name, up
 
     def note(self, text: str) -> None:
         tqdm.write(f"evaluate: {text}")
@@ -378,6 +393,7 @@ class Evaluation:
             recon = np.zeros((len(firsts), self.size, self.size, 3), np.uint8)
             recon[ok] = self.reconstruct_row(m, originals, cond_vectors[ok])[0]
             rows[m.name] = (recon, ok)
+        rows.update(self.upscaled_rows(rows, [photos[i] for i in firsts], cond_vectors, ok))
         for row, value in rows.items():
             results[row] = {}
             for enc_name, enc in self.encoders:
@@ -402,14 +418,27 @@ class Evaluation:
         self.metrics["timing"]["verification_seconds"] = time.time() - t0
         return {"pairs": len(pairs), "images": len(paths), "unreadable": failed, "rows": results}
 
-    def canonical_crops(self, photos: list[np.ndarray], ok: np.ndarray) -> np.ndarray:
-        """Each photo's canonical crop at the model's size: a perfect reconstruction at that
-        resolution (zeros where the conditioning encoder found no face)."""
+    def upscaled_rows(self, rows: dict, photos: list[np.ndarray], vectors: np.ndarray, ok: np.ndarray) -> dict:
+        """--upscale: each method's row enlarged by each upsampler (image j gets template j and
+        seed j), and the real crop at the upsampler's size, the ceiling of that row."""
+        out = {}
+        for name, up in self.upscalers:
+            out.setdefault(f"real {up.size} px crop", (self.canonical_crops(photos, ok, up.size), ok))
+            for m in self.methods:
+                big = np.zeros((len(ok), up.size, up.size, 3), np.uint8)
+                big[ok] = up(rows[m.name][0][ok], seeds=np.flatnonzero(ok), id_vectors=vectors[ok])
+                out[f"{m.name} -> {up.size} px {name}"] = (big, ok)
+        return out
+
+    def canonical_crops(self, photos: list[np.ndarray], ok: np.ndarray, size: int | None = None) -> np.ndarray:
+        """Each photo's canonical crop at the model's size (or `size`): a perfect reconstruction
+        at that resolution (zeros where the conditioning encoder found no face)."""
         from id3pm.alignment import CANONICAL_SIZE
 
-        crops = np.zeros((len(photos), self.size, self.size, 3), np.uint8)
+        size = size or self.size
+        crops = np.zeros((len(photos), size, size, 3), np.uint8)
         for j in np.flatnonzero(ok):
-            crops[j] = resize(self.cond.aligner.align(photos[j], CANONICAL_SIZE).crop, self.size)
+            crops[j] = resize(self.cond.aligner.align(photos[j], CANONICAL_SIZE).crop, size)
         return crops
 
     def diversity_section(self) -> dict:
