@@ -73,7 +73,8 @@ def test_a_regression_upsampler_beats_bicubic_in_one_pass_with_y(tmp_path):
     ours = np.mean([psnr(o, h) for o, h in zip(out, high)])
     assert ours > bicubic_psnr(low, high) + 1.0, (ours, bicubic_psnr(low, high))
     np.testing.assert_array_equal(out, up(low, seeds=[9, 8, 7, 6], num_inference_steps=3, id_vectors=y))
-    assert not np.array_equal(out, up(low, seeds=[0, 1, 2, 3], id_vectors=y[::-1].copy()))  # y reaches the network
+    swapped = up(low, seeds=[0, 1, 2, 3], id_vectors=y[::-1].copy())  # each crop given another's vector
+    assert ours > np.mean([psnr(o, h) for o, h in zip(swapped, high)]) + 1.0  # it uses y (seen: 35.3 / 32.8 dB; bicubic 26.2)
 
 
 def test_seed_fixes_the_sr_noise_and_chain_through_the_pipeline(tiny_sr, trained_tiny):
