@@ -10,7 +10,8 @@ the same photos' vectors (guidance 2). Each arm enlarges both to 128 px:
 - lanczos (id3pm.superres.LanczosUpscaler), the fallback today;
 - realesrgan: Real-ESRGAN x4plus from PyPI, run by scripts/realesrgan_upscale.py in its
   own virtual environment (--sr-python), never a dependency of id3pm;
-- a diffusion upsampler folder (id3pm.superres.DiffusionUpscaler); one trained with y
+- a trained upsampler folder (id3pm.superres.DiffusionUpscaler: diffusion, or one pass
+  for one trained with --sr-regression, which ignores #STEPS); one trained with y
   (--sr-identity) gets each photo's own vector, the template being inverted; DIR@G sets
   its guidance (DIR@0: y dropped, the upsampler alone; default 1), DIR#S its steps (25).
 Measures, per input and arm: identity distance to the real 128 px crop under dlib, faceres

@@ -24,6 +24,8 @@ def test_wilson_interval_hand_values():
     low, high = wilson_interval(0, 50)  # sound at 0%: [0, 7.1%]
     assert low == 0.0 and high == pytest.approx(0.0713, abs=1e-4)
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    # at 100% the interval ends at 1 exactly (rounding gave 0.9999... for 4 of 4, a negative error bar)
+    assert all(wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0 for n in range(1, 200))
 
 
 def test_unreadable_reconstructions_count_as_failed_attacks():
