@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--device")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
-    pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device)
+    pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device, upscale=None)
     data = PreparedDataset(args.data)
     vectors = data.vectors(data.sample_indices("holdout", args.n))
     rows = []

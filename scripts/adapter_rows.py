@@ -36,10 +36,10 @@ for name, v in ref.items():
     thr[name] = (float(np.quantile(imp, 0.01)), float(np.quantile(imp, 0.001)))
 rows = {}
 t0 = time.time()
-adapted = ID3PMPipeline.from_pretrained(None, device="cpu", adapter=ADAPTER)
+adapted = ID3PMPipeline.from_pretrained(None, device="cpu", adapter=ADAPTER, upscale=None)
 rows["shipped via adapter (MobileFaceNet templates)"] = adapted(mfn[:N], num_images_per_id=1, seed=0).images[:, 0]
 t_ad = time.time() - t0
-plain = ID3PMPipeline.from_pretrained(None, device="cpu")
+plain = ID3PMPipeline.from_pretrained(None, device="cpu", upscale=None)
 rows["shipped on dlib templates"] = plain(ref["dlib"][:N], num_images_per_id=1, seed=0).images[:, 0]
 pool = training_photos(data, 2000, 0)
 px = reencode(data, pool, enc["mobilefacenet"], f"{ADAPTER}/.encoded", progress=False)

@@ -30,6 +30,16 @@ SMOKE_STEPS = 1500  # enough for the tiny model to draw blurry faces; budgeted i
 SMOKE_MIN_STEPS = 800  # below this the smoke model draws noise
 
 
+def judge(pipe, ind, images: np.ndarray, vector: np.ndarray, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances of images (any size) to the face under dlib (to its vector) and faceres (to its crop)."""
+    d_cond = pipe.identity_distances(images[None], vector[None])[0]
+    d_ind = np.full(len(images), np.nan)
+    if ind is not None:
+        ref = ind.encode([crop], aligned=True).vectors
+        d_ind = ind.identity_distance(ind.encode(list(images), aligned=True).vectors, ref)
+    return d_cond, d_ind
+
+
 def smoke_model(out: Path, steps: int) -> tuple[Path, int]:
     from PIL import Image
 
@@ -115,30 +125,38 @@ def run(out: Path, smoke_steps: int, model: str | None = None) -> int:
             report["faces"][name] = {"error": error}
             continue
         crop = pipe.encoder.aligner.align(photo, name=name).crop  # the canonical crop the encoders saw
-        per_face = {}
-        row, caps = [crop], ["input"]
+        per_face, per_face_up = {}, {}
+        row, caps, big_row, big_caps = [crop], ["input"], [crop], ["input"]
         for g in GUIDANCE:
-            images = pipe(vector[None], num_images_per_id=SAMPLES, guidance_scale=g, seed=0).images[0]
-            d_cond = pipe.identity_distances(images[None], vector[None])[0]
-            d_ind = np.full(len(images), np.nan)
-            if ind is not None:
-                ref = ind.encode([crop], aligned=True).vectors
-                d_ind = ind.identity_distance(ind.encode(list(images), aligned=True).vectors, ref)
+            out = pipe(vector[None], num_images_per_id=SAMPLES, guidance_scale=g, seed=0)  # + 128 px if an SR model ships
+            d_cond, d_ind = judge(pipe, ind, out.images[0], vector, crop)
             per_face[f"s={g:g}"] = {"dlib": d_cond.tolist(), "faceres": d_ind.tolist()}
-            row += list(images)
+            row += list(out.images[0])
             caps += [f"s{g:g} {distance_text(dc)}/{distance_text(di)}" for dc, di in zip(d_cond, d_ind)]
+            if out.upscaled is not None:  # the demo sheet shows both sizes
+                u_cond, u_ind = judge(pipe, ind, out.upscaled[0], vector, crop)
+                per_face_up[f"s={g:g}"] = {"dlib": u_cond.tolist(), "faceres": u_ind.tolist(), "upscaler": out.params["upscale"]}
+                big_row += list(out.upscaled[0])
+                big_caps += [f"s{g:g} {distance_text(dc)}/{distance_text(di)}" for dc, di in zip(u_cond, u_ind)]
         rows.append(row)
         labels.append(name[:12])
         captions.append(caps)
         report["faces"][name] = per_face
+        if per_face_up:
+            rows.append(big_row)
+            labels.append(f"{name[:8]} {out.upscaled.shape[2]}px")
+            captions.append(big_caps)
+            report["faces"][name + " upscaled"] = per_face_up
         d_all = np.array([v["dlib"] for v in per_face.values()])
         f_all = np.array([v["faceres"] for v in per_face.values()])
         lines = [verdict("dlib", d_all, DLIB_THRESHOLD, "threshold")]
         if "faceres" in thresholds and ind is not None:
             lines.append(verdict("faceres", f_all, thresholds["faceres"]["fmr=0.01"], "FMR-1% threshold"))
         print(f"{name}: " + "; ".join(lines))
-    sheet = contact_sheet(rows, row_labels=labels, cell=96, captions=captions)
-    save_png(sheet, out / "sheet.png", {"what": "id3pm demo: input, then samples at guidance 1, 2, 4; dlib/faceres distance"})
+    upscaled = any(k.endswith(" upscaled") for k in report["faces"])
+    sheet = contact_sheet(rows, row_labels=labels, cell=128 if upscaled else 96, captions=captions)  # 128: its own pixels
+    save_png(sheet, out / "sheet.png", {"what": "id3pm demo: input, then samples at guidance 1, 2, 4 (and the same "
+                                                "upscaled when an SR model ships); dlib/faceres distance"})
     (out / "results.json").write_text(json.dumps(report, indent=2))
     print(f"model: {model}{' (SMOKE)' if smoke else ''}")
     print(f"contact sheet: {out / 'sheet.png'} (captions: guidance, dlib / faceres distance); "

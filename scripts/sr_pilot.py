@@ -52,7 +52,7 @@ def model_samples(vectors: np.ndarray, out: Path) -> np.ndarray:
     if not path.exists():
         from id3pm.pipeline import ID3PMPipeline
 
-        pipe = ID3PMPipeline.from_pretrained(None, device="cpu")
+        pipe = ID3PMPipeline.from_pretrained(None, device="cpu", upscale=None)
         np.save(path, pipe(vectors, num_images_per_id=1, seed=0, guidance_scale=2.0).images[:, 0])
     return np.load(path)
 

@@ -97,3 +97,50 @@ def test_help_shows_each_default_once_and_no_empty_ones(capsys):
     assert "(default: the shipped reference model)" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     assert text.count("(default: 25)") >= 1 and "(default: 2.0)" in text
+
+
+def untrained_upsampler(path, cond_size: int, encoder: str, id_dim: int):
+    """An (untrained) one-pass upsampler cond_size -> 2 x cond_size conditioned on id_dim-d vectors of encoder."""
+    torch.manual_seed(0)
+    net = IDConditionedUNet(sample_size=2 * cond_size, block_out_channels=(32, 64), layers_per_block=1,
+                            norm_num_groups=8, attention_resolutions=(), mid_attention=False, out_channels=3,
+                            id_dim=id_dim, extra_cond_channels=3, use_level_embedding=True)
+    info = {"task": "superres", "image_size": 2 * cond_size, "cond_size": cond_size, "objective": "regression",
+            "residual": 3.0, "diffusion": {"schedule": "cosine", "num_timesteps": 1000}, "encoder": {"name": encoder},
+            "id_dim": id_dim}
+    return save_model_dir(path, net, info)
+
+
+def test_a_shipped_upsampler_that_fits_is_the_default_and_none_turns_it_off(dlib_model, tmp_path, monkeypatch):
+    """#26 part 3: with an upsampler in weights/ whose input side is the model's output side (and
+    whose y is the model's encoder's), invert writes the 32 px samples AND the upscaled ones by
+    default, and the Python API upscales by default; `--upscale none` turns it off. A shipped
+    upsampler that does not fit (another input side, another encoder's y) is not used."""
+    import id3pm.superres as superres
+    from id3pm.pipeline import ID3PMPipeline
+
+    shipped = {"superres": untrained_upsampler(tmp_path / "sr", 32, "dlib", 128)}
+    monkeypatch.setattr(superres, "shipped_path", lambda task="base": shipped.get(task))
+    astro = tmp_path / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(astro)
+    args = ["invert", str(astro), "--model", str(dlib_model), "-n", "1", "--steps", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "on")]) == 0
+    result = json.loads((tmp_path / "on" / "results.json").read_text())
+    assert result["upscale"].startswith("regression super-resolution 32->64")
+    assert Image.open(tmp_path / "on" / "astronaut" / "seed_0000.png").size == (32, 32)  # the 32 px sample too
+    assert Image.open(tmp_path / "on" / "upscaled" / "astronaut" / "seed_0000.png").size == (64, 64)
+    assert main([*args, "--out", str(tmp_path / "off"), "--upscale", "none"]) == 0
+    assert json.loads((tmp_path / "off" / "results.json").read_text())["upscale"] is None
+    assert not (tmp_path / "off" / "upscaled").exists()
+
+    pipe = ID3PMPipeline.from_pretrained(dlib_model, device="cpu")
+    v = np.random.default_rng(0).normal(size=(1, 128)).astype(np.float32) * 0.05
+    assert pipe(v, num_images_per_id=1, num_inference_steps=2).upscaled.shape == (1, 1, 64, 64, 3)
+    assert pipe(v, num_images_per_id=1, num_inference_steps=2, upscale=False).upscaled is None
+    assert ID3PMPipeline.from_pretrained(dlib_model, device="cpu", upscale=None).upscaler is None
+    for misfit in (untrained_upsampler(tmp_path / "sr16", 16, "dlib", 128),
+                   untrained_upsampler(tmp_path / "srf", 32, "faceres", 1024)):
+        shipped["superres"] = misfit
+        assert ID3PMPipeline.from_pretrained(dlib_model, device="cpu").upscaler is None
+    shipped.pop("superres")
+    assert ID3PMPipeline.from_pretrained(dlib_model, device="cpu").upscaler is None  # nothing shipped: 32 px

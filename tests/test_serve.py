@@ -555,3 +555,9 @@ def test_generate_with_upscaling_and_without_an_upscaler(model_dir, pipe, direct
     assert decode_png(img["png"]).shape == (32, 32, 3)
     meta = Image.open(io.BytesIO(base64.b64decode(img["png"]))).text
     assert "lanczos" in meta["id3pm"] and meta["Synthetic"] == "true"
+    # a server with an upsampler uses it unless the request says "upscale": false (#26: 128 px by default)
+    with client_for(create_app(up_pipe, directions, limits=OPEN)) as c:
+        plain = c.post("/v1/generate", json={"vector": vec(), "n": 1, "steps": 2})
+        off = c.post("/v1/generate", json={"vector": vec(), "n": 1, "steps": 2, "upscale": False})
+    assert decode_png(plain.json()["images"][0]["png"]).shape == (32, 32, 3)
+    assert decode_png(off.json()["images"][0]["png"]).shape[0] == up_pipe.image_size != 32

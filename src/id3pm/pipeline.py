@@ -104,12 +104,16 @@ class ID3PMPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None, precision: str = "auto",
                         prior_start: float = PRIOR_START, encoder: str | dict | None = None,
-                        adapter: str | Path | None = None):
+                        adapter: str | Path | None = None, upscale: str | None = "default"):
         """Load a model folder; path=None takes the shipped reference model. precision:
         "fp32", "bf16" (autocast; about 2.2x faster on a CPU with AVX512-BF16, noise
         predictions within ~0.05 of fp32) or "auto" (bf16 on GPU, fp32 on CPU).
         encoder + adapter: invert another FR model's templates through an adapter folder
-        (`id3pm adapt`); a mismatched pair is refused."""
+        (`id3pm adapt`); a mismatched pair is refused. upscale: the super-resolution stage
+        (id3pm.superres.make_upscaler): "default" is the shipped upsampler when one fits the
+        model, else none; None or "none" for none."""
+        from id3pm.superres import make_upscaler
+
         if path is None:
             path = shipped_path("base")
             if path is None:
@@ -123,6 +127,7 @@ class ID3PMPipeline:
         pipe = cls(model, info, device, precision=precision, prior=prior, prior_start=prior_start, adapter=adapt)
         pipe.encoder_spec = spec
         pipe.model_path = str(path)
+        pipe.upscaler = make_upscaler(upscale, device, base_info=info)
         return pipe
 
     # -- the black box --------------------------------------------------------------
@@ -205,9 +210,11 @@ class ID3PMPipeline:
         unset_attributes: str = "drop",
         batch_size: int = 32,
         progress: bool = False,
-        upscale: bool = False,
+        upscale: bool | None = None,
         upscale_steps: int = 25,
     ) -> PipelineOutput:
+        """upscale: run the super-resolution stage too (None: when an upscaler is set, as
+        `from_pretrained` sets the shipped one that fits the model)."""
         vectors = check_vectors(id_vectors, self.id_dim, "id_vectors")
         if not 1 <= num_inference_steps <= self.diffusion.num_timesteps:
             raise ValueError(f"num_inference_steps must be in 1..{self.diffusion.num_timesteps}")
@@ -244,7 +251,7 @@ class ID3PMPipeline:
         if attributes is not None:
             params["attributes"] = attributes if isinstance(attributes, dict) else np.asarray(attributes).tolist()
         upscaled = None
-        if upscale:
+        if upscale or (upscale is None and self.upscaler is not None):
             seeds = np.tile(np.arange(k) + seed, n)  # the base sample's seed fixes the SR noise too
             flat = self.upscale(images.reshape(n * k, *images.shape[2:]), np.repeat(vectors, k, axis=0), seeds,
                                 upscale_steps)

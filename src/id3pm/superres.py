@@ -112,10 +112,26 @@ class DiffusionUpscaler:
         return guided_denoiser(self.model, y, guidance_scale, shared={"cond_image": cond, "level": level})
 
 
-def make_upscaler(spec: str | None, device: str | None = None, size: int = 128):
-    """"lanczos", a SR model folder, or "auto" (the shipped SR model, else Lanczos)."""
+def shipped_upscaler_for(base_info: dict, device: str | None = None):
+    """The shipped upsampler when one ships and fits a base model with this id3pm.json: its
+    input side is the model's output side and, if it was trained with y, y comes from the
+    model's encoder. Else None. 128 px output by default only where a trained upsampler
+    ships and beat Lanczos (#26); never Lanczos by default."""
+    path = shipped_path("superres")
+    if path is None:
+        return None
+    up = DiffusionUpscaler.from_pretrained(path, device)
+    takes_our_y = not up.uses_identity or up.info["encoder"].get("name") == base_info["encoder"].get("name")
+    return up if up.info.get("cond_size") == base_info["image_size"] and takes_our_y else None
+
+
+def make_upscaler(spec: str | None, device: str | None = None, size: int = 128, base_info: dict | None = None):
+    """"lanczos", a SR model folder, "auto" (the shipped SR model, else Lanczos), or
+    "default" (the shipped SR model if it fits the base model of base_info, else none)."""
     if spec in (None, "", "none"):
         return None
+    if spec == "default":
+        return shipped_upscaler_for(base_info, device) if base_info is not None else None
     if spec == "lanczos":
         return LanczosUpscaler(size)
     if spec == "auto":

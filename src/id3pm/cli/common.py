@@ -52,9 +52,10 @@ def add_generation_flags(p: argparse.ArgumentParser, n_default: int = 8) -> None
     p.add_argument("--expression", help="attribute models: mouth_open=0.3,smile=1.1,eye_open=0.3")
     p.add_argument("--unset-attributes", default="drop", choices=["drop", "sample"],
                    help="attributes not given: dropped (the model decides) or drawn from the training data")
-    p.add_argument("--upscale", nargs="?", const="auto", default=None,
-                   help="super-resolve the samples: SR model folder, 'lanczos', or no value for the shipped SR model "
-                        "(Lanczos, labelled as such, when none is shipped)")
+    p.add_argument("--upscale", nargs="?", const="auto", default="default",
+                   help="super-resolve the samples (the 32 px ones are written too): SR model folder, 'lanczos', "
+                        "'none', or no value for the shipped SR model (Lanczos, labelled as such, when none is "
+                        "shipped). Default: the shipped SR model when one fits the model, else none")
     p.add_argument("--upscale-steps", type=positive_int, default=25, help="sampling steps of the SR model (respaced DDPM)")
     p.add_argument("--upscale-size", type=int, default=128, help="output side of the Lanczos fallback")
 
@@ -84,7 +85,7 @@ def parse_attributes(args) -> dict | None:
 def gen_kwargs(args) -> dict:
     return dict(guidance_scale=args.guidance, num_inference_steps=args.steps, sampler=args.sampler,
                 batch_size=args.batch_size, attributes=parse_attributes(args), unset_attributes=args.unset_attributes,
-                upscale=bool(args.upscale), upscale_steps=args.upscale_steps)
+                upscale=None, upscale_steps=args.upscale_steps)  # None: when load_pipeline set an upscaler
 
 
 def load_pipeline(args):
@@ -92,8 +93,8 @@ def load_pipeline(args):
     from id3pm.superres import make_upscaler
 
     pipe = ID3PMPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
-                                         encoder=args.encoder, adapter=args.adapter)
-    pipe.upscaler = make_upscaler(args.upscale, device=args.device, size=args.upscale_size)
+                                         encoder=args.encoder, adapter=args.adapter, upscale=None)
+    pipe.upscaler = make_upscaler(args.upscale, device=args.device, size=args.upscale_size, base_info=pipe.info)
     if pipe.upscaler is not None:
         print(f"upscaling with {pipe.upscaler.label}", file=sys.stderr)
     return pipe
@@ -151,7 +152,7 @@ def refined(pipe, args, vectors):
     from id3pm.pipeline import PipelineOutput
     from id3pm.refine import query_refine
 
-    if args.upscale or parse_attributes(args):
+    if args.upscale not in ("default", "none") or parse_attributes(args):  # by default it stays at the model's size
         raise ValueError("--queries works without --upscale, --pose and --expression for now")
     out = query_refine(pipe, vectors, queries=args.queries, keep=args.num_images, search=args.search,
                        guidance_scale=args.guidance, num_inference_steps=args.steps, sampler=args.sampler,

@@ -49,6 +49,7 @@ def _serve_flags(p):
                    help="let web pages of this origin (scheme://host[:port]) call the API; repeat for more "
                         "(default: none, browsers block other sites' pages)")
     p.add_argument("--log-level", default="info")
-    p.add_argument("--upscale", nargs="?", const="auto", default=None,
-                   help="let requests ask for super-resolution: SR model folder, 'lanczos', or no value for the "
-                        "shipped SR model (Lanczos when none is shipped)")
+    p.add_argument("--upscale", nargs="?", const="auto", default="default",
+                   help="super-resolution for requests (on unless a request says \"upscale\": false): SR model "
+                        "folder, 'lanczos', 'none', or no value for the shipped SR model (Lanczos when none is "
+                        "shipped). Default: the shipped SR model when one fits the model, else none")

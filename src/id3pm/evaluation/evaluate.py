@@ -121,7 +121,7 @@ class Evaluation:
         self.pipes, self.protected_pipes = [], []  # models on plain vectors; on protected ones (aware attackers)
         for spec in cfg.models:
             name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
-            pipe = ID3PMPipeline.from_pretrained(path, device=cfg.device, adapter=cfg.adapter)
+            pipe = ID3PMPipeline.from_pretrained(path, device=cfg.device, adapter=cfg.adapter, upscale=None)
             protected = pipe.info["encoder"].get("name") == "protected"
             (self.protected_pipes if protected else self.pipes).append((name or Path(path).name, pipe))
         self.data = PreparedDataset(cfg.data) if cfg.data else None
@@ -215,7 +215,7 @@ class Evaluation:
             elif b == "random" and images is not None:
                 methods.append(RandomImages(at_size(images, self.size)))
             elif b.startswith("regression="):
-                pipe = ID3PMPipeline.from_pretrained(b.split("=", 1)[1], device=self.cfg.device)
+                pipe = ID3PMPipeline.from_pretrained(b.split("=", 1)[1], device=self.cfg.device, upscale=None)
                 methods.append(GenerativeMethod("regression decoder", pipe))
         return methods
 

@@ -56,7 +56,7 @@ def uvicorn_options(limits: Limits) -> dict:
 
 def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           device: str | None = None, limits: Limits | None = None, log_level: str = "info",
-          upscale: str | None = None, cors_origins: list[str] | None = None, encoder: str | None = None,
+          upscale: str | None = "default", cors_origins: list[str] | None = None, encoder: str | None = None,
           adapter: str | None = None) -> None:
     """Load the model and run the API with uvicorn until interrupted. cors_origins: the web
     origins whose pages may call the API from a browser (none by default). encoder +
@@ -70,8 +70,8 @@ def serve(model=None, directions=None, host: str = "127.0.0.1", port: int = 8000
 
     from id3pm.superres import make_upscaler
 
-    pipe = ID3PMPipeline.from_pretrained(model, device=device, encoder=encoder, adapter=adapter)
-    pipe.upscaler = make_upscaler(upscale, device=device)  # requests ask for it with "upscale": true
+    pipe = ID3PMPipeline.from_pretrained(model, device=device, encoder=encoder, adapter=adapter, upscale=None)
+    pipe.upscaler = make_upscaler(upscale, device=device, base_info=pipe.info)  # requests may say "upscale": false
     limits = limits or Limits()
     app = create_app(pipe, load_directions(directions) if directions else None, token=token, limits=limits,
                      cors_origins=cors_origins)

@@ -62,7 +62,8 @@ def request_models(limits: Limits, id_dim: int, max_steps: int, direction_names:
         steps: int = Field(min(25, max_steps), ge=2, le=max_steps)
         sampler: Sampler = "dpmpp_2m"
         seed: int = Field(0, ge=0, le=2**31 - 1)
-        upscale: bool = Field(False, description="super-resolve the pictures (server started with --upscale)")
+        upscale: bool | None = Field(None, description="super-resolve the pictures (default: when the server "
+                                                         "has an upsampler, e.g. a shipped one that fits the model)")
 
     # Defaults never exceed the limits (pydantic does not check defaults).
     max_n = min(limits.max_n, limits.max_images)

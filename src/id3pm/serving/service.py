@@ -93,11 +93,15 @@ class Service:
             raise HTTPException(422, one_line(enc.errors[0]))
         return enc.vectors[0], [w for w in enc.warnings if w]
 
+    def upscales(self, req) -> bool:
+        """Whether a request's pictures are super-resolved: as it says, else when the server can."""
+        return self.upscaler is not None if req.upscale is None else req.upscale
+
     async def render(self, req, vectors: np.ndarray, seeds: list[int]) -> RenderResult:
         """One picture per (vector, seed), with the request's sampling settings."""
         if req.upscale and self.upscaler is None:
             raise HTTPException(422, "this server has no upscaler: start it with --upscale")
-        return await self.run(RenderJob(vectors, seeds, req.guidance, req.steps, req.sampler, req.upscale))
+        return await self.run(RenderJob(vectors, seeds, req.guidance, req.steps, req.sampler, self.upscales(req)))
 
     async def render_samples(self, req, vectors: np.ndarray, n: int) -> tuple[RenderResult, list[int]]:
         """(result, seeds): n samples of each vector, vector after vector, every vector with the
@@ -125,7 +129,7 @@ class Service:
         return [finite_or_none(d) for d in identity_distance(encoded, reference[None], self.metric)]
 
     def params(self, req, **extra) -> dict:
-        upscale = {"upscale": self.upscaler.label} if req.upscale and self.upscaler is not None else {}
+        upscale = {"upscale": self.upscaler.label} if self.upscales(req) and not getattr(req, "queries", 0) else {}
         return {"guidance": req.guidance, "steps": req.steps, "sampler": req.sampler, "seed": req.seed,
                 "encoder": self.encoder_name, **upscale, **extra}
 
