@@ -488,7 +488,7 @@ def test_upscaled_verification_rows_get_each_template_and_their_own_ceiling(tmp_
             calls.append((images.shape, list(seeds), kwargs["id_vectors"]))
             return super().__call__(images)
 
-    monkeypatch.setattr(superres, "make_upscaler", lambda spec, device=None: Spy(64))
+    monkeypatch.setattr(superres, "make_upscaler", lambda spec, device=None, **kw: None if spec is None else Spy(64))
     cfg = EvalConfig(out=str(tmp_path / "eval"), models=[f"untrained={model}"], data=str(prep), limit=2,
                      independent=None, judges=[], baselines=["nn"], pairs=str(tmp_path / "pairs.csv"),
                      pairs_root=str(src), guidance=[1.0], steps=2, diversity_ids=0, device="cpu", upscale=["spy=x"])

@@ -229,6 +229,7 @@ def test_the_pipeline_hands_each_image_its_vector_and_refuses_another_encoders_u
     class SpyUpscaler:  # records what the pipeline passes; returns the images enlarged 2x
         uses_identity = True
         label = "spy"
+        takes_templates_of = DiffusionUpscaler.takes_templates_of  # the real check, on the spy's info
 
         def __init__(self, encoder):
             self.info, self.calls = {"encoder": {"name": encoder}}, []

@@ -268,10 +268,10 @@ class ID3PMPipeline:
         y = np.asarray(vectors, dtype=np.float32)
         if self.adapter is not None:
             y = self.adapter(y)
-        if getattr(self.upscaler, "uses_identity", False):
-            theirs, ours = self.upscaler.info["encoder"].get("name"), self.info["encoder"].get("name")
-            if theirs != ours:
-                raise ValueError(f"the upsampler is conditioned on {theirs} vectors, the base model on {ours}")
+        ours = self.info["encoder"].get("name")
+        if not self.upscaler.takes_templates_of(ours):
+            raise ValueError(f"the upsampler is conditioned on {self.upscaler.info['encoder'].get('name')} vectors, "
+                             f"the base model on {ours}")
         return self.upscaler(images, seeds, num_inference_steps=num_inference_steps, id_vectors=y)
 
     @torch.inference_mode()

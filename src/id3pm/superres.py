@@ -40,6 +40,9 @@ class LanczosUpscaler:
     def __init__(self, size: int = 128):
         self.size = size
 
+    def takes_templates_of(self, encoder: str | None) -> bool:
+        return True  # it reads no vectors
+
     def __call__(self, images: np.ndarray, seeds=None, **kwargs) -> np.ndarray:
         return np.stack([np.asarray(Image.fromarray(im).resize((self.size, self.size), Image.LANCZOS)) for im in images])
 
@@ -57,6 +60,10 @@ class DiffusionUpscaler:
         self.label = f"{kind} super-resolution {info.get('cond_size')}->{self.size}"
         if self.uses_identity:
             self.label += " with identity"
+
+    def takes_templates_of(self, encoder: str | None) -> bool:
+        """Whether it can be given that encoder's vectors (one trained without y reads none)."""
+        return not self.uses_identity or self.info["encoder"].get("name") == encoder
 
     @classmethod
     def from_pretrained(cls, path, device: str | None = None):
@@ -121,8 +128,8 @@ def shipped_upscaler_for(base_info: dict, device: str | None = None):
     if path is None:
         return None
     up = DiffusionUpscaler.from_pretrained(path, device)
-    takes_our_y = not up.uses_identity or up.info["encoder"].get("name") == base_info["encoder"].get("name")
-    return up if up.info.get("cond_size") == base_info["image_size"] and takes_our_y else None
+    fits = up.info.get("cond_size") == base_info["image_size"] and up.takes_templates_of(base_info["encoder"].get("name"))
+    return up if fits else None
 
 
 def make_upscaler(spec: str | None, device: str | None = None, size: int = 128, base_info: dict | None = None):

@@ -7,6 +7,12 @@ from pathlib import Path
 from id3pm.cli.registry import command, flags_of
 
 
+def add_upscale_flag(p) -> None:
+    p.add_argument("--upscale", action="append",
+                   help="verification rows again after an upsampler: lanczos or a folder, optionally name=path "
+                        "(repeatable), beside the real crop at its size")
+
+
 def judge_list(text: str) -> list[str]:
     return [j.strip() for j in text.split(",") if j.strip()]
 
@@ -75,9 +81,7 @@ def _evaluate_flags(p):
                    help="a template protection to attack (repeatable): orthonormal:key=7, biohash:key=7,bits=128, "
                         "noise:snr_db=10,key=7, pca:path=basis.npz,k=32. A --model trained on protected vectors "
                         "(prepare --encoder protected:...) adds its own scheme and attacks it as an aware attacker")
-    p.add_argument("--upscale", action="append",
-                   help="verification rows again after an upsampler: lanczos or a folder, optionally name=path "
-                        "(repeatable), beside the real crop at its size")
+    add_upscale_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="eval")
@@ -123,9 +127,7 @@ def _yardstick_flags(p):
                         "its own columns, and one whose model file is missing is skipped with a note")
     p.add_argument("--diversity-ids", type=int, default=10, help="CelebA identities for the diversity rows")
     p.add_argument("--diversity-samples", type=int, default=10)
-    p.add_argument("--upscale", action="append",
-                   help="verification rows again after an upsampler: lanczos or a folder, optionally name=path "
-                        "(repeatable), beside the real crop at its size")
+    add_upscale_flag(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.add_argument("--out", default="yardstick")

@@ -157,9 +157,9 @@ class Evaluation:
 
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         up = make_upscaler(path, self.cfg.device)
-        theirs = up.info["encoder"].get("name") if getattr(up, "uses_identity", False) else None
-        if theirs not in (None, enc_spec.get("name")):
-            raise ValueError(f"upsampler {spec} is conditioned on {theirs} vectors, the templates are {enc_spec.get('name')}'s")
+        if not up.takes_templates_of(enc_spec.get("name")):
+            raise ValueError(f"upsampler {spec} is conditioned on {up.info['encoder'].get('name')} vectors, "
+                             f"the templates are {enc_spec.get('name')}'s")
         return name or Path(path).name, up
 
     def note(self, text: str) -> None:
