@@ -19,22 +19,24 @@ def psnr(a, b):
 
 def train_astronaut_sr(root, **overrides):
     """A tiny upsampler 8 -> 16 px trained on four detailed astronaut crops, each with its
-    own vector; returns its model folder and the crops at 8 and 16 px."""
+    own vector; returns its model folder and the crops at 8 and 16 px. Called again on the
+    same root, it resumes the run on the data already prepared."""
     from conftest import TINY_TRAIN
 
     from id3pm.data import PrepareConfig, PreparedDataset, prepare
     from id3pm.training import TrainConfig, train
 
-    src = root / "src"
-    src.mkdir()
-    astro = skdata.astronaut()
-    keys = []
-    for i, (y, x) in enumerate([(80, 160), (200, 200), (300, 60), (20, 20)]):
-        Image.fromarray(astro[y : y + 64, x : x + 64]).save(src / f"p{i}.png")  # detailed 16x16 targets after resize
-        keys.append(f"p{i}.png")
-    np.savez(root / "v.npz", keys=np.array(keys), vectors=np.eye(4, 2, dtype=np.float32))
-    prepare(PrepareConfig(src=str(src), out=str(root / "p"), encoder={"name": "table", "path": str(root / "v.npz")},
-                          sizes=(16, 8), holdout=0.0, workers=1, aligned=True, image_format="png"), progress=False)
+    if not (root / "p").exists():
+        src = root / "src"
+        src.mkdir(parents=True)
+        astro = skdata.astronaut()
+        keys = []
+        for i, (y, x) in enumerate([(80, 160), (200, 200), (300, 60), (20, 20)]):
+            Image.fromarray(astro[y : y + 64, x : x + 64]).save(src / f"p{i}.png")  # detailed 16x16 targets after resize
+            keys.append(f"p{i}.png")
+        np.savez(root / "v.npz", keys=np.array(keys), vectors=np.eye(4, 2, dtype=np.float32))
+        prepare(PrepareConfig(src=str(src), out=str(root / "p"), encoder={"name": "table", "path": str(root / "v.npz")},
+                              sizes=(16, 8), holdout=0.0, workers=1, aligned=True, image_format="png"), progress=False)
     cfg = {**TINY_TRAIN, "size": 16, "model": {"block_out_channels": [32, 64], "attention_resolutions": [8]}}
     train(TrainConfig(data=str(root / "p"), out=str(root / "run"), task="superres", cond_size=8,
                       augment_level_max=0.2, **{**cfg, **overrides}))
@@ -249,3 +251,71 @@ def test_the_pipeline_hands_each_image_its_vector_and_refuses_another_encoders_u
     pipe.upscaler = SpyUpscaler("someone-else")
     with pytest.raises(ValueError, match="conditioned on someone-else vectors"):
         pipe(vecs, num_images_per_id=1, num_inference_steps=2, upscale=True)
+
+
+def test_a_discriminator_learns_to_tell_detailed_windows_from_blurred_ones():
+    """The hinge discriminator of --sr-adversarial on real computation: astronaut windows
+    against their own bicubic-blurred copies, each beside the same low-res input."""
+    from id3pm.adversarial import AdversarialTerm, discriminator_hinge
+
+    astro = torch.from_numpy(skdata.astronaut()[:384, :384]).permute(2, 0, 1).float() / 127.5 - 1
+    windows = astro.unfold(1, 24, 24).unfold(2, 24, 24).permute(1, 2, 0, 3, 4).reshape(-1, 3, 24, 24)  # 256 windows
+    low = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(windows, 4), size=24, mode="bicubic")
+    term = AdversarialTerm(weight=1.0, lr=1e-3, device="cpu")
+    with torch.no_grad():
+        first = float(discriminator_hinge(term.discriminator(windows, low), term.discriminator(low, low)))
+    for step in range(200):
+        batch = slice(32 * (step % 8), 32 * (step % 8 + 1))
+        term.discriminator_step(windows[batch], low[batch], low[batch], lr=1e-3)
+    with torch.no_grad():
+        real, blurred = term.discriminator(windows, low), term.discriminator(low, low)
+    last = float(discriminator_hinge(real, blurred))
+    assert first > 1.9 and last < 0.75 * first, (first, last)  # chance is 2 (both logits near 0)
+    assert (real.mean(dim=(1, 2, 3)) > blurred.mean(dim=(1, 2, 3))).float().mean() > 0.9
+
+
+def test_the_upsamplers_adversarial_term_moves_only_the_upsampler():
+    """generator_loss is differentiable in the upsampled window and leaves the discriminator's
+    weights without gradient; raising its logits lowers the term."""
+    from id3pm.adversarial import AdversarialTerm
+
+    term = AdversarialTerm(weight=0.5, lr=1e-3, device="cpu")
+    term.discriminator.eval()  # no power-iteration update of the spectral norm between the two calls
+    fake = torch.zeros(2, 3, 16, 16, requires_grad=True)
+    loss = term.generator_loss(fake, torch.zeros(2, 3, 16, 16))
+    loss.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in term.discriminator.parameters())
+    assert all(p.requires_grad for p in term.discriminator.parameters())  # restored for its own step
+    with torch.no_grad():
+        expected = -0.5 * term.discriminator(fake, torch.zeros(2, 3, 16, 16)).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_an_adversarial_upsampler_resumes_exactly_and_exports_without_its_discriminator(tmp_path):
+    """--sr-adversarial: the discriminator and its optimizer go into the checkpoint, so a run
+    stopped and resumed ends where a straight one does; the export is the upsampler alone."""
+    from safetensors.torch import load_file
+
+    kw = dict(save_every=4, sr_regression=True, sr_identity=True, sr_residual=3.0, patch_size=12,
+              sr_adversarial=0.1, log_every=2)
+    straight = train_astronaut_sr(tmp_path / "a", max_steps=8, **kw)[0].parent
+    train_astronaut_sr(tmp_path / "b", max_steps=4, **kw)  # "killed" after its checkpoint at 4
+    resumed = train_astronaut_sr(tmp_path / "b", max_steps=8, **kw)[0].parent
+    for name in ("model", "ema", "discriminator"):
+        a, b = load_file(straight / "checkpoint" / f"{name}.safetensors"), load_file(resumed / "checkpoint" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    log = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6, 8] and all(r["disc"] > 0 and "adv" in r for r in log)
+    info = json.loads((straight / "model" / "id3pm.json").read_text())
+    assert info["adversarial"] == {"weight": 0.1} and info["objective"] == "regression"
+    exported = {f.relative_to(straight / "model").as_posix() for f in (straight / "model").rglob("*.safetensors")}
+    assert exported == {"unet/diffusion_pytorch_model.safetensors"}  # the upsampler alone
+    assert not any("parametrizations" in k for k in load_file(straight / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    up = DiffusionUpscaler.from_pretrained(straight / "model", device="cpu")
+    assert up.regression
+
+
+def test_the_adversarial_term_needs_the_one_pass_upsampler(tmp_path):
+    with pytest.raises(ValueError, match="--sr-adversarial needs --sr-regression"):
+        train_astronaut_sr(tmp_path, max_steps=1, sr_adversarial=0.1)

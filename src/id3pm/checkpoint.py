@@ -34,16 +34,33 @@ def _restore_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, me
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _cpu_tensors(state: dict) -> dict:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def _save_optimizer(optimizer, path_stem: Path) -> None:
+    tensors, meta = _flat_optimizer_state(optimizer)
+    save_file(tensors, path_stem.with_suffix(".safetensors"))
+    atomic_write_json(path_stem.with_suffix(".json"), meta)
+
+
+def _load_optimizer(optimizer, path_stem: Path, device) -> None:
+    tensors = load_file(path_stem.with_suffix(".safetensors"), device=str(device))
+    _restore_optimizer_state(optimizer, tensors, read_json(path_stem.with_suffix(".json")))
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, ema: dict, optimizer, state: dict,
-                    extra_json: dict[str, dict] | None = None) -> None:
+                    extra_json: dict[str, dict] | None = None, parts: dict | None = None) -> None:
     """Everything a resume needs, written completely before it replaces the previous
-    checkpoint (id3pm.files.complete_folder): a kill or a full disk keeps the old one."""
+    checkpoint (id3pm.files.complete_folder): a kill or a full disk keeps the old one.
+    `parts`: {name: (module, optimizer)} trained beside the model (a discriminator)."""
     with complete_folder(folder, "a checkpoint") as tmp:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in ema.items()}, tmp / "ema.safetensors")
-        opt_tensors, opt_meta = _flat_optimizer_state(optimizer)
-        save_file(opt_tensors, tmp / "optimizer.safetensors")
-        atomic_write_json(tmp / "optimizer.json", opt_meta)
+        save_file(_cpu_tensors(model.state_dict()), tmp / "model.safetensors")
+        save_file(_cpu_tensors(ema), tmp / "ema.safetensors")
+        _save_optimizer(optimizer, tmp / "optimizer")
+        for name, (module, part_optimizer) in (parts or {}).items():
+            save_file(_cpu_tensors(module.state_dict()), tmp / f"{name}.safetensors")
+            _save_optimizer(part_optimizer, tmp / f"{name}_optimizer")
         for name, obj in (extra_json or {}).items():
             atomic_write_json(tmp / name, obj)
         atomic_write_json(tmp / "state.json", state)  # last: its presence marks a complete checkpoint
@@ -58,12 +75,17 @@ def find_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, ema: dict, optimizer, device) -> dict:
+def load_checkpoint(folder: Path, model: torch.nn.Module, ema: dict, optimizer, device,
+                    parts: dict | None = None) -> dict:
     model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)))
     for k, v in load_file(folder / "ema.safetensors", device=str(device)).items():
         ema[k].copy_(v)
-    opt_tensors = load_file(folder / "optimizer.safetensors", device=str(device))
-    _restore_optimizer_state(optimizer, opt_tensors, read_json(folder / "optimizer.json"))
+    _load_optimizer(optimizer, folder / "optimizer", device)
+    for name, (module, part_optimizer) in (parts or {}).items():
+        if not (folder / f"{name}.safetensors").exists():
+            raise FileNotFoundError(f"{folder}: the checkpoint has no {name} (the run was started without it)")
+        module.load_state_dict(load_file(folder / f"{name}.safetensors", device=str(device)))
+        _load_optimizer(part_optimizer, folder / f"{name}_optimizer", device)
     return read_json(folder / "state.json")
 
 

@@ -17,6 +17,7 @@ class TrainConfig:
     patch_size: int = 0  # superres: train on random windows of this side (0: whole images); it samples whole images
     sr_residual: float = 0.0  # superres: diffuse (high - bicubic(low)) x this (SRDiff; 3 brings its std near an image's); 0: the image
     sr_regression: bool = False  # superres: predict the detail in one pass with an L1 loss instead of diffusing it (no sampling steps)
+    sr_adversarial: float = 0.0  # superres with --sr-regression: weight of a conditional patch-discriminator term beside L1 (sharper detail); 0: L1 only
     sr_identity: bool = False  # superres: also condition on y (dropped with --cond-drop), so the upsampler can use identity
     preset: str = "base"  # network size: tiny, small, base
     model: dict = field(default_factory=dict)  # overrides of the preset's network arguments

@@ -144,6 +144,10 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
         info["objective"] = "regression" if cfg.sr_regression else "diffusion"
         if cfg.sr_regression:  # the detail itself, no learned variance
             args["out_channels"] = 3
+        if cfg.sr_adversarial:
+            if not cfg.sr_regression:
+                raise ValueError("--sr-adversarial needs --sr-regression yes: the discriminator judges a one-pass output")
+            info["adversarial"] = {"weight": cfg.sr_adversarial}
     if cfg.task != "superres" or cfg.sr_identity:
         # Scale y so that its entries are O(1) before the Linear layer, whatever the encoder's norm.
         args.update(id_dim=data.id_dim, id_scale=math.sqrt(data.id_dim) / max(mean_norm, 1e-8))
@@ -226,9 +230,10 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
         # Noise-conditioning augmentation (Ho et al. 2021): corrupt the low-res input by
         # q_sample at a random level and tell the network the level.
         low = upsample(batch["cond_image"], cfg.size)
-        x0, low = same_windows((x0, low), cfg.patch_size, rnd)
+        high, low = same_windows((x0, low), cfg.patch_size, rnd)
+        x0 = high
         if info.get("residual"):  # what the upsampler has to invent: the detail bicubic lacks,
-            x0 = (x0 - low) * info["residual"]  # scaled: at std 0.05 the schedule would drown it at once
+            x0 = (high - low) * info["residual"]  # scaled: at std 0.05 the schedule would drown it at once
         level = rnd.rand((b,), device) * cfg.augment_level_max
         lt = (level * (diffusion.num_timesteps - 1)).long()
         kwargs["cond_image"] = diffusion.q_sample(low, lt, rnd.randn(low.shape, device))
@@ -237,7 +242,10 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
             kwargs["id_vector"] = batch["id_vector"]
             kwargs["drop_id"] = rnd.rand((b,), device) < cfg.cond_drop
         if info.get("objective") == "regression":
-            return regression_sr_loss(model, x0, kwargs)
+            losses = regression_sr_loss(model, x0, kwargs)
+            if info.get("adversarial"):  # (real, upsampled, bicubic input) windows for the discriminator
+                losses["windows"] = (high, detail_to_image(losses["detail"], low, info.get("residual")), low)
+            return losses
     t = rnd.randint(diffusion.num_timesteps, (b,), device)
     noise = rnd.randn(x0.shape, device)
     if cfg.task != "superres":
@@ -261,7 +269,13 @@ def regression_sr_loss(model, target: torch.Tensor, kwargs: dict) -> dict:
     b = target.shape[0]
     out = model(torch.zeros_like(target), torch.zeros(b, dtype=torch.long, device=target.device), **kwargs).float()
     l1 = (out - target).abs().mean(dim=(1, 2, 3))
-    return {"loss": l1, "mse": ((out - target) ** 2).mean(dim=(1, 2, 3))}
+    return {"loss": l1, "mse": ((out - target) ** 2).mean(dim=(1, 2, 3)), "detail": out}
+
+
+def detail_to_image(detail: torch.Tensor, low: torch.Tensor, residual: float | None) -> torch.Tensor:
+    """The upsampled image from the network's output: bicubic plus the detail / its scale
+    (--sr-residual), or the output itself. Not clamped: a clamp would stop the gradient."""
+    return low + detail / residual if residual else detail
 
 
 def attribute_groups(names: list[str]) -> list[list[int]]:
@@ -409,9 +423,14 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=self.device.type == "cuda"
         )
+        self.adversary = None  # the discriminator of --sr-adversarial (id3pm.adversarial), training only
+        if self.info.get("adversarial"):
+            from id3pm.adversarial import AdversarialTerm
+
+            self.adversary = AdversarialTerm(self.info["adversarial"]["weight"], cfg.lr, self.device, cfg.seed)
         self.state = {"step": 0, "images_seen": 0, "train_seconds": 0.0}
         if ckpt is not None:
-            self.state = load_checkpoint(ckpt, self.model, self.ema, self.optimizer, self.device)
+            self.state = load_checkpoint(ckpt, self.model, self.ema, self.optimizer, self.device, self.parts())
             truncate_log(self.out / "log.jsonl", self.state["step"])
             self.accelerator.print(f"resumed from {ckpt} at step {self.state['step']}")
 
@@ -437,6 +456,12 @@ class Trainer:
             if split is not None:
                 split.prior_cache = cached_prior_images(self.prior, split.vectors, own / f"cache_{name}.safetensors")
         self.accelerator.print(f"prior g(y) of {len(self.train_set)} training images in {time.time() - start:.0f} s")
+
+    def parts(self) -> dict:
+        """What trains beside the network and goes into the checkpoint with it."""
+        if self.adversary is None:
+            return {}
+        return {"discriminator": (self.adversary.discriminator, self.adversary.optimizer)}
 
     def lr_at(self, step: int) -> float:
         seconds_left = self.budget.seconds_left() if self.budget is not None else math.inf
@@ -464,7 +489,8 @@ class Trainer:
         warmup_from = self.state["step"] if self.cooling() else self.state.get("warmup_from", 0)
         state = {**self.state, "warmup_from": warmup_from, "config": asdict(self.cfg)}
         save_checkpoint(ckpt, self.model, self.ema, self.optimizer, state,
-                        extra_json={"info.json": self.info, "model_config.json": dict(self.model.config)})
+                        extra_json={"info.json": self.info, "model_config.json": dict(self.model.config)},
+                        parts=self.parts())
         self.export()
 
     def export(self) -> None:
@@ -521,16 +547,23 @@ class Trainer:
         cfg, step = self.cfg, self.state["step"]
         rnd = StepRandom(cfg.seed, step, self.rank, self.device)
         batch = batch_from(self.train_set, self.order.indices(step, self.rank, self.world), self.device)
+        lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(step)
+            group["lr"] = lr
         with self.accelerator.autocast():
             losses = step_loss(cfg, self.train_model, self.diffusion, batch, rnd, self.info)
-        loss = losses["loss"].mean()
+            loss = losses["loss"].mean()
+            if self.adversary is not None:
+                real, fake, low = losses.pop("windows")
+                losses["adv"] = self.adversary.generator_loss(fake, low)
+                loss = loss + losses["adv"]
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         if cfg.grad_clip:
             self.accelerator.clip_grad_norm_(self.train_model.parameters(), cfg.grad_clip)
         self.optimizer.step()
+        if self.adversary is not None:  # after the upsampler's step, on the windows it made before it (fp32: it is small)
+            losses["disc"] = self.adversary.discriminator_step(real, fake, low, lr, self.accelerator.backward)
         update_ema(self.ema, self.model, cfg.ema_decay, step + 1)
         self.state["step"] = step + 1
         self.state["images_seen"] += cfg.batch_size
@@ -681,6 +714,7 @@ class LogWindow:
             "loss": self.loss.item() / self.steps,
             "mse": losses["mse"].mean().item(),
             "vb": losses["vb"].mean().item() if "vb" in losses else None,
+            **{k: losses[k].mean().item() for k in ("adv", "disc") if k in losses},  # --sr-adversarial
             "images_per_second": self.last_ips,
             "tflops": 3 * flops * images / elapsed / 1e12,  # backward ~ 2x forward
         }
