@@ -58,8 +58,12 @@ def test_queries_buy_identity_on_the_encoder_that_is_queried(setup):
     search = query_refine(pipe, vectors, queries=16, search="renoise", strength=0.5, **common)
     assert (best.queries == 16).all() and (search.queries == 16).all() and (single.queries == 1).all()
     assert encoder.calls - calls_before == 4 * (1 + 16 + 16)  # every query went through the black box
-    # best-of-16 includes the single sample's seed: never worse, and better on average
-    assert (best.distances[:, 0] <= single.distances[:, 0] + 1e-6).all()
+    # best-of-16's first query is the single sample's seed, rendered in a batch of 16 rather
+    # than alone: the same image up to float rounding (a pixel may land on the next uint8
+    # level; seen 2e-4 apart), so nearly the same distance; the best is never worse than it.
+    first_query = np.array([curve[0] for curve in best.curves])
+    np.testing.assert_allclose(first_query, single.distances[:, 0], atol=2e-3)
+    assert (best.distances[:, 0] <= first_query + 1e-9).all()
     assert best.distances[:, 0].mean() < 0.9 * single.distances[:, 0].mean()
     assert search.distances[:, 0].mean() < 0.9 * single.distances[:, 0].mean()
     for curve in best.curves + search.curves:  # the best distance so far, one value per query
