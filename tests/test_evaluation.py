@@ -492,8 +492,17 @@ def test_upscaled_verification_rows_get_each_template_and_their_own_ceiling(tmp_
     cfg = EvalConfig(out=str(tmp_path / "eval"), models=[f"untrained={model}"], data=str(prep), limit=2,
                      independent=None, judges=[], baselines=["nn"], pairs=str(tmp_path / "pairs.csv"),
                      pairs_root=str(src), guidance=[1.0], steps=2, diversity_ids=0, device="cpu", upscale=["spy=x"])
-    rows = Evaluation(cfg).run()["verification"]["rows"]
+    verification = Evaluation(cfg).run()["verification"]
+    rows = verification["rows"]
     assert {"real 64 px crop", "untrained s=1 -> 64 px spy", "nearest neighbour -> 64 px spy"} <= set(rows)
+    # each enlarged row paired with the row it enlarges, on the same pairs at the real pairs' thresholds
+    paired = verification["upscaled_paired"]["untrained s=1 -> 64 px spy"]["conditioning"]
+    assert set(verification["upscaled_paired"]) == {"untrained s=1 -> 64 px spy", "nearest neighbour -> 64 px spy"}
+    for side, row in (("before", "untrained s=1"), ("after", "untrained s=1 -> 64 px spy")):
+        assert paired[f"accuracy_{side}"] == pytest.approx(rows[row]["conditioning"]["real_thresholds"]["mean"])  # equal folds
+    saved = np.load(tmp_path / "eval" / "verification.npz")
+    assert saved["untrained s=1 | conditioning"].shape == (6,) and saved["fold"].tolist() == [0, 1] * 3
+    assert saved["untrained s=1 -> 64 px spy | conditioning"].mean() == pytest.approx(paired["accuracy_after"])
     firsts = [f"a{i}.png" for i in (1, 3, 5)]  # the first photos of the positive pairs, in path order
     dlib = make_encoder({"name": "dlib"})
     want = dlib.encode([load_image(src / p) for p in firsts], keys=firsts).vectors

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from id3pm.evaluation.paired import align, mcnemar_exact_p, paired_comparison
+from id3pm.evaluation.paired import align, mcnemar_exact_p, paired_accuracy, paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,24 @@ def test_paired_comparison_counts_discordant_originals_and_the_mean_change():
     assert r["distance_change_ci95"] == pytest.approx([diffs.mean() - half, diffs.mean() + half])
     with pytest.raises(ValueError, match="same originals"):
         paired_comparison(before, after[:3], 0.5)
+
+
+def test_paired_accuracy_of_two_verification_rows_decided_pair_by_pair():
+    """Two rows of one verification run: 10 pairs, 8 right before; after, one of those is
+    lost and three others won (two pairs right in both rows, one wrong in both)."""
+    before = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], bool)
+    after = np.array([1, 1, 1, 1, 1, 1, 1, 0, 1, 0], bool)
+    r = paired_accuracy(before, after)
+    assert (r["accuracy_before"], r["accuracy_after"], r["change"]) == (0.8, 0.8, 0.0)
+    assert (r["right_only_before"], r["right_only_after"]) == (1, 1) and r["mcnemar_p"] == 1.0
+    diffs = np.array([0.0] * 7 + [-1.0, 1.0, 0.0])
+    half = 1.959964 * diffs.std(ddof=1) / np.sqrt(10)
+    assert r["change_ci95"] == pytest.approx([-half, half])
+    gained = paired_accuracy(np.zeros(40, bool), np.r_[np.ones(12, bool), np.zeros(28, bool)])
+    assert gained["change"] == pytest.approx(0.3) and gained["change_ci95"][0] > 0
+    assert gained["mcnemar_p"] == pytest.approx(binomtest(0, 12, 0.5).pvalue)
+    with pytest.raises(ValueError, match="same pairs"):
+        paired_accuracy(before, after[:4])
 
 
 def test_a_consistent_small_gain_is_significant_paired_though_the_wilson_intervals_overlap():
@@ -113,3 +131,28 @@ def test_ship_reference_compares_with_the_newest_earlier_evaluation_of_the_same_
     assert "| model s=2 | conditioning | 0.550 | 0.500 | -0.0500" in capsys.readouterr().out
     ship.print_comparison(tmp_path / "raw", new)  # nothing in common: said, not raised
     assert "no paired comparison with" in capsys.readouterr().out
+
+
+def test_the_script_pairs_verification_rows_of_two_runs_on_the_same_pairs(tmp_path):
+    """--verification: verification.npz of two runs (or two rows of one), pair by pair."""
+    pairs = np.array([f"a{i}.png|b{i}.png" for i in range(6)])
+    common = dict(pair=pairs, same=np.array([1, 0] * 3, bool), fold=np.array([0, 0, 1, 1, 2, 2]))
+    for name, right in (("old", [1, 1, 0, 1, 1, 1]), ("new", [1, 1, 1, 1, 1, 1])):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "verification.npz", **common, **{
+            "model s=2 | conditioning": np.array(right, bool),
+            "model s=2 -> 128 px sr | conditioning": np.array([0, 1, 0, 1, 1, 1], bool)})
+    script = [sys.executable, str(ROOT / "scripts" / "compare_evals.py")]
+    out = subprocess.run(script + [str(tmp_path / "old"), str(tmp_path / "new"), "--verification", "--rows", "model s=2",
+                                   "--json", str(tmp_path / "r.json")], capture_output=True, text=True, check=True).stdout
+    assert "| model s=2 | conditioning | 83.33 | 100.00 | +16.67" in out
+    r = json.loads((tmp_path / "r.json").read_text())[0]
+    assert (r["right_only_before"], r["right_only_after"], r["mcnemar_p"]) == (0, 1, 1.0)
+    one_run = subprocess.run(script + [str(tmp_path / "new")] * 2 + ["--verification", "--rows", "model s=2",
+                                       "--after-row", "model s=2 -> 128 px sr"], capture_output=True, text=True, check=True)
+    assert "| model s=2 -> model s=2 -> 128 px sr | conditioning | 100.00 | 66.67 | -33.33" in one_run.stdout
+    np.savez(tmp_path / "old" / "verification.npz", **{**common, "pair": pairs[::-1]},
+             **{"model s=2 | conditioning": np.ones(6, bool)})
+    refused = subprocess.run(script + [str(tmp_path / "old"), str(tmp_path / "new"), "--verification", "--rows",
+                                       "model s=2"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "verified different pairs" in refused.stderr

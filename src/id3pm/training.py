@@ -714,7 +714,9 @@ class LogWindow:
             "loss": self.loss.item() / self.steps,
             "mse": losses["mse"].mean().item(),
             "vb": losses["vb"].mean().item() if "vb" in losses else None,
-            **{k: losses[k].mean().item() for k in ("adv", "disc") if k in losses},  # --sr-adversarial
+            # --sr-adversarial: "loss" is L1 + the weighted term; the two parts and the discriminator's loss
+            **({"l1": losses["loss"].mean().item(), "adv": losses["adv"].item(), "disc": losses["disc"].item()}
+               if "adv" in losses else {}),
             "images_per_second": self.last_ips,
             "tflops": 3 * flops * images / elapsed / 1e12,  # backward ~ 2x forward
         }

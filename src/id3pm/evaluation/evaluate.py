@@ -27,7 +27,8 @@ from id3pm.evaluation.report import render_attack_report, render_report
 from id3pm.evaluation.rowcache import RowCache, folder_digest
 from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.scoring import encode_all, summary
-from id3pm.evaluation.verification import kfold_accuracy, read_pairs, roc_auc, spread_over_folds
+from id3pm.evaluation.paired import paired_accuracy
+from id3pm.evaluation.verification import kfold_accuracy, kfold_decisions, read_pairs, roc_auc, spread_over_folds
 from id3pm.files import atomic_write_bytes, atomic_write_json
 from id3pm.images import ImageError, load_image, resize
 
@@ -393,7 +394,9 @@ class Evaluation:
             recon = np.zeros((len(firsts), self.size, self.size, 3), np.uint8)
             recon[ok] = self.reconstruct_row(m, originals, cond_vectors[ok])[0]
             rows[m.name] = (recon, ok)
-        rows.update(self.upscaled_rows(rows, [photos[i] for i in firsts], cond_vectors, ok))
+        upscaled, sources = self.upscaled_rows(rows, [photos[i] for i in firsts], cond_vectors, ok)
+        rows.update(upscaled)
+        decisions = {}  # "ROW | ENCODER": each pair decided right at the real pairs' thresholds
         for row, value in rows.items():
             results[row] = {}
             for enc_name, enc in self.encoders:
@@ -412,23 +415,36 @@ class Evaluation:
                 if value is not None:  # type-II SAR: the reconstruction of a against b, the same person
                     real = real_distances[enc_name]
                     results[row][enc_name]["real_thresholds"] = kfold_accuracy(d, same, folds, threshold_distances=real)
+                    decisions[f"{row} | {enc_name}"] = kfold_decisions(d, same, folds, threshold_distances=real)[0]
                     results[row][enc_name]["sar_type2"] = sar_table(d[same], real[~same])
                 else:
                     real_distances[enc_name] = d
+        np.savez_compressed(self.out / "verification.npz", pair=np.array([f"{p.a}|{p.b}" for p in pairs]),
+                            same=same, fold=folds, **decisions)
         self.metrics["timing"]["verification_seconds"] = time.time() - t0
-        return {"pairs": len(pairs), "images": len(paths), "unreadable": failed, "rows": results}
+        return {"pairs": len(pairs), "images": len(paths), "unreadable": failed, "rows": results,
+                "upscaled_paired": self.paired_with_sources(decisions, sources)}
 
-    def upscaled_rows(self, rows: dict, photos: list[np.ndarray], vectors: np.ndarray, ok: np.ndarray) -> dict:
+    def paired_with_sources(self, decisions: dict, sources: dict) -> dict:
+        """Each upscaled row against the row it enlarged, pair by pair at the real pairs'
+        thresholds (#26's bar: the upsampler keeps the identity of what it enlarges)."""
+        return {row: {enc: paired_accuracy(decisions[f"{source} | {enc}"], decisions[f"{row} | {enc}"])
+                      for enc, _ in self.encoders}
+                for row, source in sources.items()}
+
+    def upscaled_rows(self, rows: dict, photos: list[np.ndarray], vectors: np.ndarray, ok: np.ndarray):
         """--upscale: each method's row enlarged by each upsampler (image j gets template j and
-        seed j), and the real crop at the upsampler's size, the ceiling of that row."""
-        out = {}
+        seed j), and the real crop at the upsampler's size, the ceiling of that row; and
+        {enlarged row: the row it enlarged}."""
+        out, sources = {}, {}
         for name, up in self.upscalers:
             out.setdefault(f"real {up.size} px crop", (self.canonical_crops(photos, ok, up.size), ok))
             for m in self.methods:
                 big = np.zeros((len(ok), up.size, up.size, 3), np.uint8)
                 big[ok] = up(rows[m.name][0][ok], seeds=np.flatnonzero(ok), id_vectors=vectors[ok])
                 out[f"{m.name} -> {up.size} px {name}"] = (big, ok)
-        return out
+                sources[f"{m.name} -> {up.size} px {name}"] = m.name
+        return out, sources
 
     def canonical_crops(self, photos: list[np.ndarray], ok: np.ndarray, size: int | None = None) -> np.ndarray:
         """Each photo's canonical crop at the model's size (or `size`): a perfect reconstruction

@@ -60,6 +60,29 @@ def paired_comparison(before: np.ndarray, after: np.ndarray, threshold: float, z
     }
 
 
+def paired_accuracy(correct_before: np.ndarray, correct_after: np.ndarray, z: float = 1.959964) -> dict:
+    """Two rows of one verification run decided pair by pair (the same pairs, the same
+    thresholds: the real pairs' ones): the change in accuracy with its 95% interval (normal,
+    on the per-pair differences) and McNemar's exact test on the pairs only one row gets
+    right. Pooled over folds, so equal to the mean over folds when the folds are equal."""
+    before, after = np.asarray(correct_before, bool), np.asarray(correct_after, bool)
+    if before.shape != after.shape:
+        raise ValueError(f"paired accuracy needs the same pairs: {before.shape} vs {after.shape}")
+    diff = after.astype(float) - before.astype(float)
+    half = z * diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+    only_before, only_after = int((before & ~after).sum()), int((after & ~before).sum())
+    return {
+        "n": len(diff),
+        "accuracy_before": float(before.mean()),
+        "accuracy_after": float(after.mean()),
+        "change": float(diff.mean()),
+        "change_ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+        "right_only_before": only_before,
+        "right_only_after": only_after,
+        "mcnemar_p": mcnemar_exact_p(only_before, only_after),
+    }
+
+
 def align(keys_a: np.ndarray, values_a: np.ndarray, keys_b: np.ndarray, values_b: np.ndarray):
     """The originals both evaluations scored, in one order: (keys, a's values, b's values)."""
     index_b = {k: i for i, k in enumerate(keys_b.tolist())}
@@ -110,6 +133,37 @@ def compare_evaluations(before: Path, after: Path, rows: list[str], after_row: s
     if not out:
         raise ValueError(f"no row of {rows} is in both {before} and {after}")
     return out
+
+
+def compare_verification(before: Path, after: Path, rows: list[str], after_row: str | None = None) -> list[dict]:
+    """Verification rows of two `evaluate` folders (or two rows of one) on the same pairs,
+    pair by pair at the real pairs' thresholds (verification.npz); after_row as above."""
+    with np.load(before / "verification.npz") as a, np.load(after / "verification.npz") as b:
+        a, b = dict(a), dict(b)
+    if not np.array_equal(a["pair"], b["pair"]) or not np.array_equal(a["fold"], b["fold"]):
+        raise ValueError(f"{before} and {after} verified different pairs or folds: no pairing")
+    out = []
+    for row in rows:
+        other = after_row or row
+        for enc in encoders_of(a):
+            x, y = a.get(f"{row} | {enc}"), b.get(f"{other} | {enc}")
+            if x is not None and y is not None:
+                out.append({"row": row if other == row else f"{row} -> {other}", "encoder": enc,
+                            **paired_accuracy(x, y)})
+    if not out:
+        raise ValueError(f"no verification row of {rows} is in both {before} and {after}")
+    return out
+
+
+def verification_table(results: list[dict]) -> str:
+    lines = ["| row | encoder | accuracy before | after | change [95% CI] | right only before | only after | McNemar p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        low, high = r["change_ci95"]
+        lines.append(f"| {r['row']} | {r['encoder']} | {100 * r['accuracy_before']:.2f} | {100 * r['accuracy_after']:.2f} "
+                     f"| {100 * r['change']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | {r['right_only_before']} "
+                     f"| {r['right_only_after']} | {r['mcnemar_p']:.3g} |")
+    return "\n".join(lines)
 
 
 def comparison_table(results: list[dict], fmr: float = 0.01) -> str:

@@ -26,6 +26,12 @@ def _sar_rows(per_method: dict, enc_names: list[str]) -> list[str]:
     return lines
 
 
+def _paired_accuracy_cell(p: dict) -> str:
+    low, high = p["change_ci95"]
+    return (f"{100 * p['accuracy_before']:.2f} -> {100 * p['accuracy_after']:.2f}, "
+            f"{100 * p['change']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}], p {p['mcnemar_p']:.2g}")
+
+
 def render_report(m: dict, encoders) -> str:
     lines = ["# id3pm evaluation", ""]
     enc_names = [n for n, _ in encoders]
@@ -61,6 +67,14 @@ def render_report(m: dict, encoders) -> str:
                   "threshold at the FMR of the real negative pairs):", "",
                   *_sar_rows({name: {n: row[n]["sar_type2"] for n in enc_names}
                               for name, row in v["rows"].items() if "sar_type2" in row[enc_names[0]]}, enc_names), ""]
+        if v.get("upscaled_paired"):
+            lines += ["Upscaled rows against the rows they enlarge, pair by pair at the real pairs' thresholds "
+                      "(accuracy before -> after, change [95% CI], McNemar p on the pairs only one gets right):", "",
+                      "| row | " + " | ".join(enc_names) + " |", "|---|" + "---|" * len(enc_names)]
+            for name, paired in v["upscaled_paired"].items():
+                cells = [_paired_accuracy_cell(paired[n]) for n in enc_names]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
     if m.get("diversity"):
         lines += ["## Diversity among samples of one identity (higher is more diverse)", "",
                   "| method | pose (deg) | expression | emotion (TV) | 1 - MS-SSIM | LPIPS | identity spread |",

@@ -128,10 +128,10 @@ def best_threshold(distances: np.ndarray, same: np.ndarray) -> float:
     return float(candidates[int(np.argmax(acc))])
 
 
-def kfold_accuracy(distances, same, folds, threshold_distances=None) -> dict:
-    """Mean and std of accuracy over folds, each fold judged with the threshold that
-    is best on all other folds. Pairs with a NaN distance (a failed encoding) count as
-    wrong decisions, so failures are not hidden.
+def kfold_decisions(distances, same, folds, threshold_distances=None) -> tuple[np.ndarray, list[float]]:
+    """Per pair, whether it is decided right by its fold's threshold, the one best on all
+    other folds; and those thresholds, one per fold. A pair with a NaN distance (a failed
+    encoding) counts as a wrong decision, so failures are not hidden.
 
     threshold_distances: choose each fold's threshold on these distances of the other
     folds instead (the real pairs, when `distances` has reconstructions in it): the
@@ -142,16 +142,24 @@ def kfold_accuracy(distances, same, folds, threshold_distances=None) -> dict:
     valid = np.isfinite(distances)
     if len(np.unique(folds[valid])) < 2:
         raise ValueError(f"k-fold verification needs usable pairs in at least 2 folds; got folds {sorted(set(folds[valid].tolist()))}")
-    accs, thresholds = [], []
+    correct, thresholds = np.zeros(len(distances), bool), []
     for k in np.unique(folds):
         train = (folds != k) & np.isfinite(chooser)
         t = best_threshold(chooser[train], same[train])
         test = folds == k
-        correct = np.where(valid[test], (distances[test] <= t) == same[test], False)
-        accs.append(correct.mean())
+        correct[test] = np.where(valid[test], (distances[test] <= t) == same[test], False)
         thresholds.append(t)
+    return correct, thresholds
+
+
+def kfold_accuracy(distances, same, folds, threshold_distances=None) -> dict:
+    """Mean and std of accuracy over folds (kfold_decisions: each fold judged with the
+    threshold that is best on the other folds, of these distances or of `threshold_distances`)."""
+    correct, thresholds = kfold_decisions(distances, same, folds, threshold_distances)
+    folds = np.asarray(folds)
+    accs = [correct[folds == k].mean() for k in np.unique(folds)]
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "folds": [float(a) for a in accs],
-            "thresholds": thresholds, "failed_pairs": int((~valid).sum())}
+            "thresholds": thresholds, "failed_pairs": int((~np.isfinite(np.asarray(distances, float))).sum())}
 
 
 def roc_auc(distances, same) -> float:
