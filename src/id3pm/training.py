@@ -427,6 +427,9 @@ class Trainer:
         if self.info.get("adversarial"):
             from id3pm.adversarial import AdversarialTerm
 
+            if self.world > 1:  # each process would train its own discriminator: not synchronised (yet)
+                raise ValueError(f"--sr-adversarial trains on one process; this launch has {self.world}")
+
             self.adversary = AdversarialTerm(self.info["adversarial"]["weight"], cfg.lr, self.device, cfg.seed)
         self.state = {"step": 0, "images_seen": 0, "train_seconds": 0.0}
         if ckpt is not None:
