@@ -28,7 +28,7 @@ from id3pm.evaluation.rowcache import RowCache, folder_digest
 from id3pm.evaluation.sar import impostor_distances, sar_table
 from id3pm.evaluation.scoring import encode_all, summary
 from id3pm.evaluation.paired import paired_accuracy
-from id3pm.evaluation.verification import kfold_accuracy, kfold_decisions, read_pairs, roc_auc, spread_over_folds
+from id3pm.evaluation.verification import fold_summary, kfold_accuracy, kfold_decisions, read_pairs, roc_auc, spread_over_folds
 from id3pm.files import atomic_write_bytes, atomic_write_json
 from id3pm.images import ImageError, load_image, resize
 
@@ -414,8 +414,9 @@ class Evaluation:
                 results[row][enc_name] = {**kfold_accuracy(d, same, folds), "auc": roc_auc(d, same)}
                 if value is not None:  # type-II SAR: the reconstruction of a against b, the same person
                     real = real_distances[enc_name]
-                    results[row][enc_name]["real_thresholds"] = kfold_accuracy(d, same, folds, threshold_distances=real)
-                    decisions[f"{row} | {enc_name}"] = kfold_decisions(d, same, folds, threshold_distances=real)[0]
+                    correct, thresholds = kfold_decisions(d, same, folds, threshold_distances=real)
+                    results[row][enc_name]["real_thresholds"] = fold_summary(correct, thresholds, folds, d)
+                    decisions[f"{row} | {enc_name}"] = correct
                     results[row][enc_name]["sar_type2"] = sar_table(d[same], real[~same])
                 else:
                     real_distances[enc_name] = d
@@ -442,8 +443,8 @@ class Evaluation:
             for m in self.methods:
                 big = np.zeros((len(ok), up.size, up.size, 3), np.uint8)
                 big[ok] = up(rows[m.name][0][ok], seeds=np.flatnonzero(ok), id_vectors=vectors[ok])
-                out[f"{m.name} -> {up.size} px {name}"] = (big, ok)
-                sources[f"{m.name} -> {up.size} px {name}"] = m.name
+                enlarged = f"{m.name} -> {up.size} px {name}"
+                out[enlarged], sources[enlarged] = (big, ok), m.name
         return out, sources
 
     def canonical_crops(self, photos: list[np.ndarray], ok: np.ndarray, size: int | None = None) -> np.ndarray:

@@ -155,13 +155,18 @@ def compare_verification(before: Path, after: Path, rows: list[str], after_row: 
     return out
 
 
+def accuracy_change_text(r: dict) -> str:
+    """A paired_accuracy result's change in points with its 95% interval: "+1.50 [+0.24, +2.76]"."""
+    low, high = r["change_ci95"]
+    return f"{100 * r['change']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 def verification_table(results: list[dict]) -> str:
     lines = ["| row | encoder | accuracy before | after | change [95% CI] | right only before | only after | McNemar p |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        low, high = r["change_ci95"]
         lines.append(f"| {r['row']} | {r['encoder']} | {100 * r['accuracy_before']:.2f} | {100 * r['accuracy_after']:.2f} "
-                     f"| {100 * r['change']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | {r['right_only_before']} "
+                     f"| {accuracy_change_text(r)} | {r['right_only_before']} "
                      f"| {r['right_only_after']} | {r['mcnemar_p']:.3g} |")
     return "\n".join(lines)
 

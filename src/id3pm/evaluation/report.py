@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from id3pm.evaluation.paired import accuracy_change_text
+
 
 def _fmt(s: dict | None, key: str = "mean") -> str:
     if not s or s.get(key) is None:
@@ -27,9 +29,8 @@ def _sar_rows(per_method: dict, enc_names: list[str]) -> list[str]:
 
 
 def _paired_accuracy_cell(p: dict) -> str:
-    low, high = p["change_ci95"]
     return (f"{100 * p['accuracy_before']:.2f} -> {100 * p['accuracy_after']:.2f}, "
-            f"{100 * p['change']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}], p {p['mcnemar_p']:.2g}")
+            f"{accuracy_change_text(p)}, p {p['mcnemar_p']:.2g}")
 
 
 def render_report(m: dict, encoders) -> str:

@@ -155,7 +155,11 @@ def kfold_decisions(distances, same, folds, threshold_distances=None) -> tuple[n
 def kfold_accuracy(distances, same, folds, threshold_distances=None) -> dict:
     """Mean and std of accuracy over folds (kfold_decisions: each fold judged with the
     threshold that is best on the other folds, of these distances or of `threshold_distances`)."""
-    correct, thresholds = kfold_decisions(distances, same, folds, threshold_distances)
+    return fold_summary(*kfold_decisions(distances, same, folds, threshold_distances), folds, distances)
+
+
+def fold_summary(correct: np.ndarray, thresholds: list[float], folds, distances) -> dict:
+    """kfold_accuracy's numbers from kfold_decisions' output (for a caller that keeps both)."""
     folds = np.asarray(folds)
     accs = [correct[folds == k].mean() for k in np.unique(folds)]
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "folds": [float(a) for a in accs],
