@@ -12,7 +12,7 @@ LAYERS = [
     {"", "files", "hardware", "train_config", "tfjs_graph", "tflite_graph"},
     {"images"},
     {"alignment"},
-    {"attributes", "encoders", "checkpoint", "diffusion", "models"},
+    {"attributes", "encoders", "checkpoint", "diffusion", "models", "adversarial"},
     {"data", "sampling", "modelcheck", "modeldir", "prior", "controls", "outputs", "adapter"},
     {"pipeline", "refine", "superres", "training"},
     {"evaluation", "serving"},
