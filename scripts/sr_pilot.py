@@ -70,17 +70,21 @@ def realesrgan(images: np.ndarray, work: Path, python: str) -> tuple[np.ndarray,
 
 def arm_name(arm: str) -> str:
     """How an arm is shown: a folder by its name, with its guidance and steps when set."""
-    path = arm.split("@")[0].split("#")[0]
+    path = arm.split("@")[0].split("#")[0].split("~")[0].split("^")[0]
     return Path(path).name + arm[len(path):]
 
 
 def diffusion_arm(arm: str, images: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """DIR[@GUIDANCE][#STEPS] on images, each with its template vector (seed i for image i)."""
+    """DIR[@GUIDANCE][#STEPS][~STRENGTH][^ROUNDS] on images, each with its template vector
+    (seed i for image i); ~ sets the detail strength, ^ the back-projection rounds."""
+    arm, _, rounds = arm.partition("^")
+    arm, _, strength = arm.partition("~")
     path, _, steps = arm.partition("#")
     path, _, guidance = path.partition("@")
     sr = DiffusionUpscaler.from_pretrained(path, "cpu")
-    return sr(images, seeds=list(range(len(images))), id_vectors=vectors,
-              guidance_scale=float(guidance or 1), num_inference_steps=int(steps or 25))
+    return sr(images, seeds=list(range(len(images))), id_vectors=vectors, guidance_scale=float(guidance or 1),
+              num_inference_steps=int(steps or 25), detail_strength=float(strength or 1),
+              back_projection=int(rounds or 0))
 
 
 def upsample(arm: str, images: np.ndarray, vectors: np.ndarray, work: Path, args) -> tuple[np.ndarray, float]:

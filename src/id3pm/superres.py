@@ -60,6 +60,10 @@ class DiffusionUpscaler:
         self.label = f"{kind} super-resolution {info.get('cond_size')}->{self.size}"
         if self.uses_identity:
             self.label += " with identity"
+        # what a folder's id3pm.json chose for its sampling ("upscale_defaults": guidance_scale,
+        # detail_strength, back_projection), measured before it shipped; arguments override them
+        self.defaults = {"guidance_scale": 1.0, "detail_strength": 1.0, "back_projection": 0,
+                         **info.get("upscale_defaults", {})}
 
     def takes_templates_of(self, encoder: str | None) -> bool:
         """Whether it can be given that encoder's vectors (one trained without y reads none)."""
@@ -78,15 +82,26 @@ class DiffusionUpscaler:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, seeds, num_inference_steps: int = 25, sampler: str = "ddpm",
                  aug_level: float = 0.0, batch_size: int = 16, id_vectors: np.ndarray | None = None,
-                 guidance_scale: float = 1.0) -> np.ndarray:
+                 guidance_scale: float | None = None, detail_strength: float | None = None,
+                 back_projection: int | None = None) -> np.ndarray:
         """(N, h, w, 3) uint8 -> (N, size, size, 3) uint8; image i uses seed seeds[i].
         Ancestral DDPM by default, as ADM and SR3 sample their upsamplers: the injected
         noise corrects early mistakes, where deterministic solvers carry them along.
         id_vectors (N, D): the identity of each image, for an upsampler trained with y
         (ignored by one without); without them such an upsampler runs unconditionally, as
-        it was trained to with y dropped. guidance_scale > 1 pushes towards y (CFG)."""
+        it was trained to with y dropped. guidance_scale > 1 pushes towards y (CFG).
+        detail_strength: the share of the predicted detail added to the bicubic input (1: all
+        of it, 0: bicubic; as Real-ESRGAN's denoise strength and CodeFormer's fidelity weight
+        trade texture against faithfulness). back_projection: rounds of iterative back-projection
+        (Irani & Peleg 1991), which pull the output's 4x4 means onto the input's pixels.
+        None: the folder's upscale_defaults."""
         if id_vectors is not None and len(id_vectors) != len(images):
             raise ValueError(f"{len(id_vectors)} id_vectors for {len(images)} images")
+        guidance_scale = self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        strength = self.defaults["detail_strength"] if detail_strength is None else detail_strength
+        rounds = int(self.defaults["back_projection"] if back_projection is None else back_projection)
+        if not self.info.get("residual") and strength != 1:
+            raise ValueError("detail_strength needs an upsampler trained on the residual (--sr-residual)")
         diffusion = respace(self.diffusion, space_timesteps(self.diffusion.num_timesteps, num_inference_steps))
         sample = get_sampler(sampler)
         out = []
@@ -107,7 +122,8 @@ class DiffusionUpscaler:
                 detail = denoise(torch.zeros_like(x), torch.zeros(len(x), dtype=torch.long, device=self.device))
             else:
                 detail = sample(denoise, diffusion, x, gens)
-            out.append(tensor_to_uint8((detail[:, :3] / scale + base).clamp(-1, 1)))
+            high = back_project(detail[:, :3] / scale * strength + base, low, rounds)
+            out.append(tensor_to_uint8(high.clamp(-1, 1)))
         return np.concatenate(out)
 
     def _denoiser(self, cond: torch.Tensor, level: torch.Tensor, id_vectors, guidance_scale: float):
@@ -117,6 +133,15 @@ class DiffusionUpscaler:
             guidance_scale, id_vectors = 0.0, np.zeros((len(cond), self.model.config.id_dim), np.float32)
         y = torch.as_tensor(np.asarray(id_vectors, np.float32), device=self.device)
         return guided_denoiser(self.model, y, guidance_scale, shared={"cond_image": cond, "level": level})
+
+
+def back_project(high: torch.Tensor, low: torch.Tensor, rounds: int) -> torch.Tensor:
+    """high + bicubic(low - area(high)), `rounds` times: the output keeps its detail, and its
+    downsampled self moves onto the input (the input is what the base model chose)."""
+    for _ in range(rounds):
+        error = low - torch.nn.functional.interpolate(high, size=low.shape[-2:], mode="area")
+        high = high + torch.nn.functional.interpolate(error, size=high.shape[-2:], mode="bicubic", align_corners=False)
+    return high
 
 
 def shipped_upscaler_for(base_info: dict, device: str | None = None):
