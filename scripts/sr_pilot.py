@@ -13,7 +13,8 @@ the same photos' vectors (guidance 2). Each arm enlarges both to 128 px:
 - a trained upsampler folder (id3pm.superres.DiffusionUpscaler: diffusion, or one pass
   for one trained with --sr-regression, which ignores #STEPS); one trained with y
   (--sr-identity) gets each photo's own vector, the template being inverted; DIR@G sets
-  its guidance (DIR@0: y dropped, the upsampler alone; default 1), DIR#S its steps (25).
+  its guidance (DIR@0: y dropped, the upsampler alone), DIR#S its steps (25), DIR~A its
+  detail strength, DIR^K its rounds of back-projection (unset: the folder's upscale_defaults).
 Measures, per input and arm: identity distance to the real 128 px crop under dlib, faceres
 and MobileFaceNet, paired against the 32 px input itself (mean change, 95% CI; McNemar on
 SAR at FMR 1%, thresholds from impostor pairs of held-out photos); KID against the real
@@ -82,9 +83,9 @@ def diffusion_arm(arm: str, images: np.ndarray, vectors: np.ndarray) -> np.ndarr
     path, _, steps = arm.partition("#")
     path, _, guidance = path.partition("@")
     sr = DiffusionUpscaler.from_pretrained(path, "cpu")
-    return sr(images, seeds=list(range(len(images))), id_vectors=vectors, guidance_scale=float(guidance or 1),
-              num_inference_steps=int(steps or 25), detail_strength=float(strength or 1),
-              back_projection=int(rounds or 0))
+    return sr(images, seeds=list(range(len(images))), id_vectors=vectors,  # unset: the folder's upscale_defaults
+              guidance_scale=float(guidance) if guidance else None, num_inference_steps=int(steps or 25),
+              detail_strength=float(strength) if strength else None, back_projection=int(rounds) if rounds else None)
 
 
 def upsample(arm: str, images: np.ndarray, vectors: np.ndarray, work: Path, args) -> tuple[np.ndarray, float]:

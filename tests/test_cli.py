@@ -132,6 +132,9 @@ def test_a_shipped_upsampler_that_fits_is_the_default_and_none_turns_it_off(dlib
     assert main([*args, "--out", str(tmp_path / "off"), "--upscale", "none"]) == 0
     assert json.loads((tmp_path / "off" / "results.json").read_text())["upscale"] is None
     assert not (tmp_path / "off" / "upscaled").exists()
+    assert main([*args, "--out", str(tmp_path / "q"), "--queries", "2"]) == 0  # the best of the queries, enlarged
+    assert json.loads((tmp_path / "q" / "results.json").read_text())["upscale"].startswith("regression super-res")
+    assert Image.open(tmp_path / "q" / "upscaled" / "astronaut" / "seed_0000.png").size == (64, 64)
 
     pipe = ID3PMPipeline.from_pretrained(dlib_model, device="cpu")
     v = np.random.default_rng(0).normal(size=(1, 128)).astype(np.float32) * 0.05

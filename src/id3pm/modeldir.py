@@ -39,7 +39,7 @@ PRESETS = {
 }
 
 
-SHIPPED = {"base": "id3pm-utkface-32", "superres": "id3pm-utkface-sr128"}  # folders under weights/
+SHIPPED = {"base": "id3pm-utkface-32", "superres": "id3pm-celeba-sr128"}  # folders under weights/
 
 
 def shipped_path(task: str = "base") -> Path | None:

@@ -152,15 +152,21 @@ def refined(pipe, args, vectors):
     from id3pm.pipeline import PipelineOutput
     from id3pm.refine import query_refine
 
-    if args.upscale not in ("default", "none") or parse_attributes(args):  # by default it stays at the model's size
-        raise ValueError("--queries works without --upscale, --pose and --expression for now")
+    if parse_attributes(args):
+        raise ValueError("--queries works without --pose and --expression for now")
     out = query_refine(pipe, vectors, queries=args.queries, keep=args.num_images, search=args.search,
                        guidance_scale=args.guidance, num_inference_steps=args.steps, sampler=args.sampler,
                        seed=args.seed, strength=args.strength, batch_size=args.batch_size, progress=True)
     params = {"guidance_scale": args.guidance, "num_inference_steps": args.steps, "sampler": args.sampler,
               "seed": args.seed, "model": pipe.model_path, "encoder": pipe.info["encoder"].get("name"),
               "precision": pipe.precision, "queries": args.queries, "search": args.search}
-    return PipelineOutput(out.images, list(range(args.num_images)), params), out.to_json()
+    upscaled = None
+    if pipe.upscaler is not None:  # the kept images are enlarged like plain samples (queries judge the 32 px ones)
+        n, k = out.images.shape[:2]
+        flat = pipe.upscale(out.images.reshape(n * k, *out.images.shape[2:]), np.repeat(vectors, k, axis=0),
+                            [args.seed + j for _ in range(n) for j in range(k)], args.upscale_steps)
+        upscaled, params["upscale"] = flat.reshape(n, k, *flat.shape[1:]), pipe.upscaler.label
+    return PipelineOutput(out.images, list(range(args.num_images)), params, upscaled), out.to_json()
 
 
 def unique_names(names: list[str]) -> list[str]:
