@@ -95,6 +95,15 @@ def verdict(name: str, d: np.ndarray, threshold: float, what: str) -> str:
     return f"{name} best {np.nanmin(d):.2f}, median {np.nanmedian(d):.2f} vs {what} {threshold:.2f}: {accepted}/{d.size} accepted"
 
 
+def verdicts(per_guidance: dict, thresholds: dict, with_faceres: bool) -> str:
+    """One line: how many of a face's pictures dlib (and faceres) accept."""
+    lines = [verdict("dlib", np.array([v["dlib"] for v in per_guidance.values()]), DLIB_THRESHOLD, "threshold")]
+    if "faceres" in thresholds and with_faceres:
+        lines.append(verdict("faceres", np.array([v["faceres"] for v in per_guidance.values()]),
+                             thresholds["faceres"]["fmr=0.01"], "FMR-1% threshold"))
+    return "; ".join(lines)
+
+
 def run(out: Path, smoke_steps: int, model: str | None = None) -> int:
     from id3pm.pipeline import ID3PMPipeline
 
@@ -128,15 +137,15 @@ def run(out: Path, smoke_steps: int, model: str | None = None) -> int:
         per_face, per_face_up = {}, {}
         row, caps, big_row, big_caps = [crop], ["input"], [crop], ["input"]
         for g in GUIDANCE:
-            out = pipe(vector[None], num_images_per_id=SAMPLES, guidance_scale=g, seed=0)  # + 128 px if an SR model ships
-            d_cond, d_ind = judge(pipe, ind, out.images[0], vector, crop)
+            gen = pipe(vector[None], num_images_per_id=SAMPLES, guidance_scale=g, seed=0)  # + 128 px if an SR model ships
+            d_cond, d_ind = judge(pipe, ind, gen.images[0], vector, crop)
             per_face[f"s={g:g}"] = {"dlib": d_cond.tolist(), "faceres": d_ind.tolist()}
-            row += list(out.images[0])
+            row += list(gen.images[0])
             caps += [f"s{g:g} {distance_text(dc)}/{distance_text(di)}" for dc, di in zip(d_cond, d_ind)]
-            if out.upscaled is not None:  # the demo sheet shows both sizes
-                u_cond, u_ind = judge(pipe, ind, out.upscaled[0], vector, crop)
-                per_face_up[f"s={g:g}"] = {"dlib": u_cond.tolist(), "faceres": u_ind.tolist(), "upscaler": out.params["upscale"]}
-                big_row += list(out.upscaled[0])
+            if gen.upscaled is not None:  # the demo sheet shows both sizes
+                u_cond, u_ind = judge(pipe, ind, gen.upscaled[0], vector, crop)
+                per_face_up[f"s={g:g}"] = {"dlib": u_cond.tolist(), "faceres": u_ind.tolist(), "upscaler": gen.params["upscale"]}
+                big_row += list(gen.upscaled[0])
                 big_caps += [f"s{g:g} {distance_text(dc)}/{distance_text(di)}" for dc, di in zip(u_cond, u_ind)]
         rows.append(row)
         labels.append(name[:12])
@@ -144,15 +153,12 @@ def run(out: Path, smoke_steps: int, model: str | None = None) -> int:
         report["faces"][name] = per_face
         if per_face_up:
             rows.append(big_row)
-            labels.append(f"{name[:8]} {out.upscaled.shape[2]}px")
+            labels.append(f"{name[:8]} {gen.upscaled.shape[2]}px")
             captions.append(big_caps)
             report["faces"][name + " upscaled"] = per_face_up
-        d_all = np.array([v["dlib"] for v in per_face.values()])
-        f_all = np.array([v["faceres"] for v in per_face.values()])
-        lines = [verdict("dlib", d_all, DLIB_THRESHOLD, "threshold")]
-        if "faceres" in thresholds and ind is not None:
-            lines.append(verdict("faceres", f_all, thresholds["faceres"]["fmr=0.01"], "FMR-1% threshold"))
-        print(f"{name}: " + "; ".join(lines))
+        print(f"{name}: " + verdicts(per_face, thresholds, ind is not None))
+        if per_face_up:
+            print(f"{name} at {gen.upscaled.shape[2]} px: " + verdicts(per_face_up, thresholds, ind is not None))
     upscaled = any(k.endswith(" upscaled") for k in report["faces"])
     sheet = contact_sheet(rows, row_labels=labels, cell=128 if upscaled else 96, captions=captions)  # 128: its own pixels
     save_png(sheet, out / "sheet.png", {"what": "id3pm demo: input, then samples at guidance 1, 2, 4 (and the same "

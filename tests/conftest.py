@@ -85,6 +85,22 @@ def make_tiny_prepared(root: Path, n: int = 4, size: int = 16, dim: int = 8, hol
     return root / "prepared", images, vectors
 
 
+def untrained_dlib_model(path: Path, seed: int = 0) -> tuple[Path, object, dict]:
+    """A random 32 px base model conditioned on 128-d dlib vectors: (folder, network, info).
+    It draws no faces, but every stage around it runs for real (dlib, upsampler, reports)."""
+    import torch
+
+    from id3pm.modeldir import save_model_dir
+    from id3pm.models import IDConditionedUNet
+
+    torch.manual_seed(seed)
+    net = IDConditionedUNet(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=32,
+                            norm_num_groups=8, attention_resolutions=(16,), id_dim=128, dropout=0.0)
+    info = {"task": "base", "image_size": 32, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
+            "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
+    return save_model_dir(path, net, info), net, info
+
+
 TINY_TRAIN = dict(
     size=8, preset="tiny", model={"block_out_channels": [32, 64], "attention_resolutions": [4]}, schedule="linear",
     batch_size=8, lr=1e-3, warmup_steps=20, sample_every=0, log_every=100, ema_decay=0.99, progress=False,

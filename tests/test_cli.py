@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from conftest import untrained_dlib_model
+
 from id3pm.cli import main
 from id3pm.modeldir import save_model_dir
 from id3pm.models import IDConditionedUNet
@@ -15,12 +17,7 @@ from id3pm.models import IDConditionedUNet
 
 @pytest.fixture(scope="module")
 def dlib_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = IDConditionedUNet(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=32,
-                            norm_num_groups=8, attention_resolutions=(16,), id_dim=128, dropout=0.0)
-    info = {"task": "base", "image_size": 32, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
-            "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
-    return save_model_dir(tmp_path_factory.mktemp("m") / "model", net, info)
+    return untrained_dlib_model(tmp_path_factory.mktemp("m") / "model")[0]
 
 
 def test_invert_photos_skips_bad_ones_and_reports_distances(dlib_model, tmp_path):

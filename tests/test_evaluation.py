@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import missing_asset, shared_data
+from conftest import missing_asset, shared_data, untrained_dlib_model
 from PIL import Image
 from skimage import data as skdata
 
@@ -208,8 +208,6 @@ def astronaut_set_and_model(tmp_path, seed: int = 0):
     """A prepared set of 9 astronaut variants (real dlib vectors) and an untrained
     dlib-conditioned 32 px model: (photos folder, prepared folder, model folder, net, info)."""
     from id3pm.data import PrepareConfig, prepare
-    from id3pm.modeldir import save_model_dir
-    from id3pm.models import IDConditionedUNet
 
     src = tmp_path / "photos"
     if not src.exists():
@@ -219,12 +217,7 @@ def astronaut_set_and_model(tmp_path, seed: int = 0):
             shifted = np.roll(astro, 10 * i, axis=1)
             Image.fromarray(np.ascontiguousarray(shifted if i % 2 else shifted[:, ::-1])).save(src / f"a{i}.png")
         prepare(PrepareConfig(src=str(src), out=str(tmp_path / "prep"), sizes=(32,), holdout=0.5, workers=1), progress=False)
-    torch.manual_seed(seed)
-    net = IDConditionedUNet(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=32,
-                            norm_num_groups=8, attention_resolutions=(16,), id_dim=128, dropout=0.0)
-    info = {"task": "base", "image_size": 32, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
-            "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
-    model = save_model_dir(tmp_path / "model", net, info)
+    model, net, info = untrained_dlib_model(tmp_path / "model", seed)
     return src, tmp_path / "prep", model, net, info
 
 

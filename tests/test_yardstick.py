@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data as skdata
+from conftest import untrained_dlib_model
 
 from id3pm.cli import main
 from id3pm.data.prepare import split_of
@@ -53,9 +53,6 @@ def people_labels(n_held: int, n_train: int) -> tuple[list[int], list[int]]:
 
 
 def test_yardstick_end_to_end(tmp_path):
-    from id3pm.modeldir import save_model_dir
-    from id3pm.models import IDConditionedUNet
-
     src = tmp_path / "photos"
     src.mkdir()
     astro = skdata.astronaut()
@@ -76,12 +73,7 @@ def test_yardstick_end_to_end(tmp_path):
     yale = tmp_path / "yale"  # a broken set: its pairs are all of one person
     yale.mkdir()
     (yale / "pairs.csv").write_text("path_a,path_b,same,fold\no0.png,o1.png,1,0\no1.png,o2.png,1,1\n")
-    torch.manual_seed(0)
-    net = IDConditionedUNet(sample_size=32, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=32,
-                            norm_num_groups=8, attention_resolutions=(16,), id_dim=128, dropout=0.0)
-    info = {"task": "base", "image_size": 32, "diffusion": {"schedule": "cosine", "num_timesteps": 1000},
-            "encoder": {"name": "dlib"}, "distance": "euclidean", "id_dim": 128}
-    model = save_model_dir(tmp_path / "model", net, info)
+    model = untrained_dlib_model(tmp_path / "model")[0]
     out = tmp_path / "yard"
     code = main(["yardstick", "--model", f"untrained={model}", "--celeba", str(tmp_path / "prep"), "--orl", str(orl), "--yale", str(yale),
                  "--train-data", str(tmp_path / "prep"), "--limit", "4", "--steps", "2", "--guidance", "1",
