@@ -257,6 +257,38 @@ def test_a_warm_start_on_new_people_of_the_same_encoder_keeps_the_source_id_scal
         torch.testing.assert_close(trainer.model.state_dict()[k], v)
 
 
+def test_a_warm_start_on_another_encoders_vectors_keeps_every_weight_but_the_conditioning_layer(trained_tiny, tmp_path):
+    """#25's fine-tune path: the same faces encoded by another FR model with a longer vector.
+    The network comes along except the Linear that reads y (new, of the new length), and
+    id_scale is this data's; the run then trains on the new vectors."""
+    from PIL import Image
+
+    from id3pm.data import PrepareConfig, prepare
+    from id3pm.modeldir import load_model_dir
+    from id3pm.training import Trainer
+
+    model_dir, images, _ = trained_tiny
+    source, _ = load_model_dir(model_dir)
+    (tmp_path / "src").mkdir()
+    keys = [f"p{i}.png" for i in range(4)]
+    for k, img in zip(keys, images):
+        Image.fromarray(img).save(tmp_path / "src" / k)
+    other = np.random.default_rng(7).normal(size=(4, 12)).astype(np.float32) * 5  # 12-d, not the source's 8
+    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=other)
+    prepare(PrepareConfig(src=str(tmp_path / "src"), out=str(tmp_path / "prep"), holdout=0.0, workers=1, sizes=(8,),
+                          encoder={"name": "table", "path": str(tmp_path / "v.npz")}, aligned=True), progress=False)
+    trainer = Trainer(TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), init_from=str(model_dir),
+                                  max_steps=5, **TINY_TRAIN))
+    state = trainer.model.state_dict()
+    assert state["id_embedding.weight"].shape == (source.id_embedding.out_features, 12)
+    assert trainer.model.config.id_scale != pytest.approx(source.config.id_scale)  # this data's scale
+    for k, v in source.state_dict().items():
+        if not k.startswith("id_embedding."):
+            torch.testing.assert_close(state[k], v)
+    trainer.run()
+    assert trainer.state["step"] == 5 and (tmp_path / "run" / "model" / "id3pm.json").exists()
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_the_run_at_a_step_boundary_with_its_checkpoint(prepared, tmp_path, monkeypatch, capsys,
                                                                             signame):

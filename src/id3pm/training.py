@@ -173,6 +173,15 @@ def build_model(cfg: TrainConfig, data: PreparedDataset, train_set: TrainingSet)
     return model, info
 
 
+def load_all_but_conditioning(model: IDConditionedUNet, state: dict) -> None:
+    """Every weight of state except the Linear that reads y, which keeps its fresh
+    initialisation: what the network learned of faces carries over to another FR model's
+    vectors, and only the map from those vectors has to be learned again."""
+    kept = {k: v for k, v in state.items() if not k.startswith("id_embedding.")}
+    missing = model.load_state_dict(kept, strict=False).missing_keys
+    assert sorted(missing) == ["id_embedding.bias", "id_embedding.weight"], missing
+
+
 def config_differences(a: IDConditionedUNet, b: IDConditionedUNet) -> set[str]:
     """Names of the network arguments in which two models differ (tuples and lists alike)."""
     norm = lambda c: json.loads(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}))  # noqa: E731
@@ -408,12 +417,16 @@ class Trainer:
                 # id_scale: on another encoder's vectors (an aware attacker's protected templates)
                 # this data's, so that y's entries still reach the Linear as O(1); on the same
                 # encoder's (new people) the source's, so that the network reads y as it learned to
-                same_encoder = src_info.get("encoder", {}).get("name") == self.info["encoder"].get("name")
+                same_encoder = (src_info.get("encoder", {}).get("name") == self.info["encoder"].get("name")
+                                and src.config.id_dim == model.config.id_dim)
                 id_scale = src.config.id_scale if same_encoder else model.config.id_scale
                 differs = config_differences(src, model) - {"id_scale"}
                 if differs == {"extra_cond_channels"}:  # a model without the prior, widened to take it
                     model = IDConditionedUNet.from_config({**model.config, "id_scale": id_scale})
                     widen_input_channels(model, src.state_dict())
+                elif "id_dim" in differs:  # another FR model's vectors (#25): the source's network, a new conditioning layer
+                    model = IDConditionedUNet.from_config({**src.config, "id_dim": model.config.id_dim, "id_scale": id_scale})
+                    load_all_but_conditioning(model, src.state_dict())
                 else:
                     model = IDConditionedUNet.from_config({**src.config, "id_scale": id_scale})
                     model.load_state_dict(src.state_dict())
