@@ -61,6 +61,8 @@ def test_tiny_sr_model_beats_bicubic_on_its_training_images(tiny_sr):
     out = up(low, seeds=[0, 1, 2, 3], num_inference_steps=50)
     ours = np.mean([psnr(o, h) for o, h in zip(out, high)])
     assert ours > bicubic_psnr(low, high) + 1.0, (ours, bicubic_psnr(low, high))
+    with pytest.raises(ValueError, match="residual"):  # it diffuses whole images: there is no detail to scale
+        up(low, seeds=[0, 1, 2, 3], detail_strength=0.5)
 
 
 def test_a_regression_upsampler_beats_bicubic_in_one_pass_with_y(tmp_path):

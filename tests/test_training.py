@@ -231,24 +231,30 @@ def test_id_scale_makes_the_average_vector_entry_of_order_one(tmp_path):
         assert info["id_mean_norm"] == pytest.approx(np.linalg.norm(vectors * factor, axis=1).mean(), rel=1e-5)
 
 
-def test_a_warm_start_on_new_people_of_the_same_encoder_keeps_the_source_id_scale(trained_tiny, tmp_path):
-    """New people, the same black box: the network must read y as it learned to, so the
-    source's id_scale stays (an aware attacker's protected codes take their own: test_protected)."""
+def prepare_with_vectors(root, images, vectors) -> None:
+    """root/prep: the 8 px images, each with its row of vectors as the black box's answer."""
     from PIL import Image
 
     from id3pm.data import PrepareConfig, prepare
+
+    (root / "src").mkdir()
+    keys = [f"p{i}.png" for i in range(len(images))]
+    for k, img in zip(keys, images):
+        Image.fromarray(img).save(root / "src" / k)
+    np.savez(root / "v.npz", keys=np.array(keys), vectors=vectors)
+    prepare(PrepareConfig(src=str(root / "src"), out=str(root / "prep"), holdout=0.0, workers=1, sizes=(8,),
+                          encoder={"name": "table", "path": str(root / "v.npz")}, aligned=True), progress=False)
+
+
+def test_a_warm_start_on_new_people_of_the_same_encoder_keeps_the_source_id_scale(trained_tiny, tmp_path):
+    """New people, the same black box: the network must read y as it learned to, so the
+    source's id_scale stays (an aware attacker's protected codes take their own: test_protected)."""
     from id3pm.modeldir import load_model_dir
     from id3pm.training import Trainer
 
     model_dir, images, vectors = trained_tiny
     source, _ = load_model_dir(model_dir)
-    (tmp_path / "src").mkdir()
-    keys = [f"p{i}.png" for i in range(4)]
-    for k, img in zip(keys, images):
-        Image.fromarray(img).save(tmp_path / "src" / k)
-    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=vectors[::-1] * 3)  # the same encoder, norms x 3
-    prepare(PrepareConfig(src=str(tmp_path / "src"), out=str(tmp_path / "prep"), holdout=0.0, workers=1, sizes=(8,),
-                          encoder={"name": "table", "path": str(tmp_path / "v.npz")}, aligned=True), progress=False)
+    prepare_with_vectors(tmp_path, images, vectors[::-1] * 3)  # the same encoder, norms x 3
     trainer = Trainer(TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), init_from=str(model_dir),
                                   max_steps=1, **TINY_TRAIN))
     assert trainer.info["id_mean_norm"] == pytest.approx(3 * np.linalg.norm(vectors, axis=1).mean(), rel=1e-5)
@@ -261,22 +267,13 @@ def test_a_warm_start_on_another_encoders_vectors_keeps_every_weight_but_the_con
     """#25's fine-tune path: the same faces encoded by another FR model with a longer vector.
     The network comes along except the Linear that reads y (new, of the new length), and
     id_scale is this data's; the run then trains on the new vectors."""
-    from PIL import Image
-
-    from id3pm.data import PrepareConfig, prepare
     from id3pm.modeldir import load_model_dir
     from id3pm.training import Trainer
 
     model_dir, images, _ = trained_tiny
     source, _ = load_model_dir(model_dir)
-    (tmp_path / "src").mkdir()
-    keys = [f"p{i}.png" for i in range(4)]
-    for k, img in zip(keys, images):
-        Image.fromarray(img).save(tmp_path / "src" / k)
     other = np.random.default_rng(7).normal(size=(4, 12)).astype(np.float32) * 5  # 12-d, not the source's 8
-    np.savez(tmp_path / "v.npz", keys=np.array(keys), vectors=other)
-    prepare(PrepareConfig(src=str(tmp_path / "src"), out=str(tmp_path / "prep"), holdout=0.0, workers=1, sizes=(8,),
-                          encoder={"name": "table", "path": str(tmp_path / "v.npz")}, aligned=True), progress=False)
+    prepare_with_vectors(tmp_path, images, other)
     trainer = Trainer(TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), init_from=str(model_dir),
                                   max_steps=5, **TINY_TRAIN))
     state = trainer.model.state_dict()

@@ -178,8 +178,10 @@ def load_all_but_conditioning(model: IDConditionedUNet, state: dict) -> None:
     initialisation: what the network learned of faces carries over to another FR model's
     vectors, and only the map from those vectors has to be learned again."""
     kept = {k: v for k, v in state.items() if not k.startswith("id_embedding.")}
-    missing = model.load_state_dict(kept, strict=False).missing_keys
-    assert sorted(missing) == ["id_embedding.bias", "id_embedding.weight"], missing
+    result = model.load_state_dict(kept, strict=False)
+    if sorted(result.missing_keys) != ["id_embedding.bias", "id_embedding.weight"] or result.unexpected_keys:
+        raise ValueError(f"the source network differs beyond its conditioning layer: missing {result.missing_keys}, "
+                         f"unexpected {result.unexpected_keys}")
 
 
 def config_differences(a: IDConditionedUNet, b: IDConditionedUNet) -> set[str]:
