@@ -135,13 +135,19 @@ def test_seed_fixes_the_sr_noise_and_chain_through_the_pipeline(tiny_sr, trained
     assert np.abs(one.upscaled.astype(int) - two.upscaled.astype(int)).max() <= 2
 
 
-def test_lanczos_fallback_is_labelled(trained_tiny, tmp_path):
+def test_lanczos_fallback_is_labelled(trained_tiny, tmp_path, monkeypatch):
+    import id3pm.superres as superres
     from id3pm.cli import main
+    from id3pm.modeldir import read_info
 
     up = make_upscaler("lanczos", size=32)
     assert isinstance(up, LanczosUpscaler) and "lanczos" in up.label and "no super-resolution model" in up.label
     assert up(np.zeros((2, 8, 8, 3), np.uint8)).shape == (2, 32, 32, 3)
-    assert isinstance(make_upscaler("auto", size=32), LanczosUpscaler)  # nothing shipped yet
+    # "auto": the shipped upsampler only where it fits the model (this 8 px one it does not)
+    assert isinstance(make_upscaler("auto", size=32, base_info=read_info(trained_tiny[0])), LanczosUpscaler)
+    with monkeypatch.context() as m:
+        m.setattr(superres, "shipped_path", lambda task="base": None)
+        assert isinstance(make_upscaler("auto", size=32), LanczosUpscaler)  # nothing shipped
     vec = tmp_path / "v.npy"
     np.save(vec, trained_tiny[2][0])
     assert main(["sample", "--vectors", str(vec), "--model", str(trained_tiny[0]), "-n", "1", "--steps", "3",

@@ -158,7 +158,7 @@ def shipped_upscaler_for(base_info: dict, device: str | None = None):
 
 
 def make_upscaler(spec: str | None, device: str | None = None, size: int = 128, base_info: dict | None = None):
-    """"lanczos", a SR model folder, "auto" (the shipped SR model, else Lanczos), or
+    """"lanczos", a SR model folder, "auto" (the shipped SR model if it fits, else Lanczos), or
     "default" (the shipped SR model if it fits the base model of base_info, else none)."""
     if spec in (None, "", "none"):
         return None
@@ -166,7 +166,11 @@ def make_upscaler(spec: str | None, device: str | None = None, size: int = 128, 
         return shipped_upscaler_for(base_info, device) if base_info is not None else None
     if spec == "lanczos":
         return LanczosUpscaler(size)
-    if spec == "auto":
+    if spec == "auto":  # the shipped SR model (where it fits the base model, when that is known), else Lanczos
         path = shipped_path("superres")
-        return DiffusionUpscaler.from_pretrained(path, device) if path else LanczosUpscaler(size)
+        if base_info is not None:
+            up = shipped_upscaler_for(base_info, device)
+        else:
+            up = DiffusionUpscaler.from_pretrained(path, device) if path else None
+        return up or LanczosUpscaler(size)
     return DiffusionUpscaler.from_pretrained(spec, device)
