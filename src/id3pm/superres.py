@@ -167,10 +167,10 @@ def make_upscaler(spec: str | None, device: str | None = None, size: int = 128, 
     if spec == "lanczos":
         return LanczosUpscaler(size)
     if spec == "auto":  # the shipped SR model (where it fits the base model, when that is known), else Lanczos
-        path = shipped_path("superres")
         if base_info is not None:
             up = shipped_upscaler_for(base_info, device)
         else:
+            path = shipped_path("superres")
             up = DiffusionUpscaler.from_pretrained(path, device) if path else None
         return up or LanczosUpscaler(size)
     return DiffusionUpscaler.from_pretrained(spec, device)
