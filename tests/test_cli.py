@@ -96,6 +96,16 @@ def test_help_shows_each_default_once_and_no_empty_ones(capsys):
     assert text.count("(default: 25)") >= 1 and "(default: 2.0)" in text
 
 
+def test_train_help_names_every_network_preset(capsys):
+    from id3pm.modeldir import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    preset_help = text.rsplit("--preset PRESET", 1)[1].split("--", 1)[0]  # the option, not the usage line
+    assert all(name in preset_help for name in PRESETS), preset_help
+
+
 def untrained_upsampler(path, cond_size: int, encoder: str, id_dim: int):
     """An (untrained) one-pass upsampler cond_size -> 2 x cond_size conditioned on id_dim-d vectors of encoder."""
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ class TrainConfig:
     sr_regression: bool = False  # superres: predict the detail in one pass with an L1 loss instead of diffusing it (no sampling steps)
     sr_adversarial: float = 0.0  # superres with --sr-regression: weight of a conditional patch-discriminator term beside L1 (sharper detail); 0: L1 only
     sr_identity: bool = False  # superres: also condition on y (dropped with --cond-drop), so the upsampler can use identity
-    preset: str = "base"  # network size: tiny, small, base
+    preset: str = "base"  # network size (id3pm.modeldir.PRESETS): tiny, mini, compact, small, base, large; sr for upsamplers
     model: dict = field(default_factory=dict)  # overrides of the preset's network arguments
     schedule: str = "cosine"  # noise schedule
     num_timesteps: int = 1000  # diffusion steps T

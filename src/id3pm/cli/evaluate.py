@@ -67,7 +67,7 @@ def _evaluate_flags(p):
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--diversity-ids", type=int, default=10)
     p.add_argument("--diversity-samples", type=int, default=10)
-    p.add_argument("--fid", action="store_true", help="FID / precision / recall (needs --inception or make models)")
+    p.add_argument("--fid", action="store_true", help="FID / precision / recall (needs --inception or `make fid-model`)")
     p.add_argument("--inception", help="Inception TorchScript file (default cache/fid/default_1.pt)")
     p.add_argument("--lpips-backbone", help="AlexNet weights (safetensors or .pth) for LPIPS")
     p.add_argument("--lpips-heads", help="LPIPS linear heads (alex.pth) for LPIPS")
