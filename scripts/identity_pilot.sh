@@ -18,6 +18,7 @@ PILOTS="${PILOTS:-$HOME/.cache/id3pm/pilots}"
 # the reference run's settings (scripts/cpu_reference_run.sh), but a short warm-up: a pilot
 # of ~700 steps would otherwise spend most of them warming up
 SETTINGS=(--size 32 --preset mini --batch-size 64 --lr 2e-4 --warmup-steps 100 --ema-decay 0.9995)
+INIT=(--init-from "$SHIPPED" --prior "$SHIPPED/prior")   # every arm starts from the same weights
 
 for arm in "$@"; do
   IFS='|' read -r name data extra <<< "$arm"
@@ -25,11 +26,10 @@ for arm in "$@"; do
   if [ -e "$run/model/id3pm.json" ]; then echo "pilot $name: done already ($run/model)"; continue; fi
   mkdir -p "$run"
   read -r -a extra_flags <<< "$extra"
-  init=(--init-from "$SHIPPED" --prior "$SHIPPED/prior")
   echo "pilot $name: $MINUTES min on $data ${extra} -> $run ($(date -u +%H:%M) UTC)"
   "$PY" -m id3pm.cli train "$data" "$run" "${SETTINGS[@]}" "${extra_flags[@]}" \
     --save-every 200 --sample-every 0 --log-every 50 --max-steps 10000000 \
     --max-minutes "$MINUTES" --lr-cooldown-minutes $(( MINUTES / 3 )) --progress no \
-    "${init[@]}" >> "$run/train.out" 2>&1 < /dev/null
+    "${INIT[@]}" >> "$run/train.out" 2>&1 < /dev/null
 done
 echo "pilots done ($(date -u +%H:%M) UTC)"
