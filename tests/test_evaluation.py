@@ -95,6 +95,24 @@ def test_ssim_against_scikit_image_and_ms_ssim_properties():
     assert ms_ssim(a, noisy)[0] == pytest.approx(ms_ssim(noisy, a)[0], abs=1e-5)
 
 
+def test_structural_ms_ssim_ignores_colour_casts_and_sees_structure():
+    from id3pm.evaluation.metrics import standardised_luminance, structural_ms_ssim
+
+    a = np.stack([skdata.astronaut()[y : y + 64, x : x + 64] for y, x in [(100, 200), (300, 100)]])
+    # a warm cast with a darker exposure: every channel scaled and shifted differently
+    cast = np.clip(a * np.array([1.0, 0.8, 0.6]) * 0.7 + np.array([30, 10, 0]), 0, 255).astype(np.uint8)
+    mirrored = a[:, :, ::-1]  # the same colours, another picture
+    assert 1 - ms_ssim(a, cast).mean() > 0.05  # the colour MS-SSIM counts the cast as a difference
+    assert 1 - structural_ms_ssim(a, cast).mean() < 0.02  # ... the structural one does not
+    assert 1 - structural_ms_ssim(a, mirrored).mean() > 0.2
+    np.testing.assert_allclose(structural_ms_ssim(a, a), 1.0, atol=1e-5)
+    # luminance by BT.601, then one mean and contrast for every image (numbers by hand)
+    grey = np.array([[[[0, 0, 0], [255, 255, 255]], [[255, 0, 0], [0, 0, 255]]]], np.uint8)
+    y = np.array([0, 255, 0.299 * 255, 0.114 * 255])
+    expected = (y - y.mean()) / y.std() * 48 + 128
+    np.testing.assert_allclose(standardised_luminance(grey).ravel(), expected, rtol=1e-5)
+
+
 def test_kid_is_the_unbiased_polynomial_mmd():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 0.5

@@ -101,6 +101,7 @@ def test_yardstick_end_to_end(tmp_path):
     assert sar["n"] == 4 and sar["impostor_pairs"] == 30
     spread = m["diversity"]["real photos of one person"]
     assert spread["pose_deg"]["mean"] >= 0 and spread["one_minus_ms_ssim"]["mean"] > 0
+    assert 0 < spread["one_minus_ms_ssim_grey"]["mean"] <= 1
     assert "## celeba" in (out / "yardstick.md").read_text() and (out / "orl" / "report.md").exists()
     # the training log's row: CelebA accuracy at real-pair thresholds first, dlib / faceres ("-": not measured)
     printed = subprocess.run([sys.executable, str(ROOT / "scripts" / "yardstick_row.py"), str(out / "yardstick.json"),

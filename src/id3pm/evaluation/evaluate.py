@@ -21,7 +21,8 @@ from id3pm.data import PreparedDataset
 from id3pm.encoders import identity_distance, make_encoder, parse_encoder_spec
 from id3pm.encoders.protected import parse_protection
 from id3pm.evaluation.baselines import GenerativeMethod, NearestNeighbour, RandomImages, RefinedMethod, at_size
-from id3pm.evaluation.metrics import frechet_distance, kernel_inception_distance, mean_pairwise, ms_ssim, precision_recall
+from id3pm.evaluation.metrics import (frechet_distance, kernel_inception_distance, mean_pairwise, ms_ssim, precision_recall,
+                                      structural_ms_ssim)
 from id3pm.evaluation.plots import attack_plot, identity_density_plot, reconstruction_sheet, sar_bars
 from id3pm.evaluation.report import render_attack_report, render_report
 from id3pm.evaluation.rowcache import RowCache, folder_digest
@@ -98,6 +99,8 @@ class SpreadTools:
             out["emotion"] = mean_pairwise(probs, lambda a, b: 0.5 * float(np.abs(a - b).sum()))
         i, j = np.triu_indices(len(imgs), 1)
         out["one_minus_ms_ssim"] = float(1 - ms_ssim(imgs[i], imgs[j]).mean())
+        # the same without colour, exposure and contrast: a colour cast is not a different picture
+        out["one_minus_ms_ssim_grey"] = float(1 - structural_ms_ssim(imgs[i], imgs[j]).mean())
         if self.lpips is not None:
             out["lpips"] = float(self.lpips(imgs[i], imgs[j]).mean())
         enc = self.encoder

@@ -33,8 +33,8 @@ def _ssim_parts(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor):
 def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
     """Single-scale SSIM of uint8 image pairs (N, H, W, 3) -> (N,), Gaussian window
     (sigma 1.5), valid region only, averaged over channels."""
-    x = torch.as_tensor(np.asarray(a), dtype=torch.float32).permute(0, 3, 1, 2)
-    y = torch.as_tensor(np.asarray(b), dtype=torch.float32).permute(0, 3, 1, 2)
+    x = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).permute(0, 3, 1, 2)
+    y = torch.as_tensor(np.ascontiguousarray(b), dtype=torch.float32).permute(0, 3, 1, 2)
     return _ssim_parts(x, y, _gaussian_window(window))[0].numpy()
 
 
@@ -42,8 +42,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
     """MS-SSIM of uint8 image pairs (N, H, W, 3) -> (N,). Small images (64x64) cannot
     hold 5 scales of an 11-pixel window, so the window is 7 and the number of scales
     is as many as fit (>= window pixels at the coarsest), weights renormalised."""
-    x = torch.as_tensor(np.asarray(a), dtype=torch.float32).permute(0, 3, 1, 2)
-    y = torch.as_tensor(np.asarray(b), dtype=torch.float32).permute(0, 3, 1, 2)
+    x = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).permute(0, 3, 1, 2)
+    y = torch.as_tensor(np.ascontiguousarray(b), dtype=torch.float32).permute(0, 3, 1, 2)
     side = min(x.shape[2:])
     scales = max(1, min(5, int(np.floor(np.log2(side / window))) + 1))
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales])
@@ -57,6 +57,31 @@ def ms_ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
     stack = torch.stack(values, dim=1).clamp(min=1e-8)
     return torch.prod(stack ** weights, dim=1).numpy()
+
+
+LUMA_BT601 = (0.299, 0.587, 0.114)
+# the mean and contrast every image's luminance is set to before the colour-blind MS-SSIM:
+# mid-grey, and a contrast typical of a face crop (what the SSIM constants were made for)
+STANDARD_MEAN, STANDARD_STD = 128.0, 48.0
+
+
+def standardised_luminance(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, H, W, 1) float32: the luminance of each image, shifted and
+    scaled to one mean and contrast. A colour cast, an exposure or a contrast change then
+    leaves an image as it was; shape, pose, expression and the layout of light remain."""
+    y = np.asarray(images, dtype=np.float32) @ np.asarray(LUMA_BT601, dtype=np.float32)
+    mean = y.mean(axis=(1, 2), keepdims=True)
+    std = y.std(axis=(1, 2), keepdims=True)
+    y = (y - mean) / np.maximum(std, 1e-3) * STANDARD_STD + STANDARD_MEAN
+    return y[..., None]
+
+
+def structural_ms_ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
+    """MS-SSIM of uint8 image pairs (N, H, W, 3) -> (N,) that cannot see colour, exposure
+    or global contrast: both sides' standardised luminance. A sampler whose samples differ
+    mostly by colour cast scores high on 1 - MS-SSIM and not on this (period 23's prior
+    start 1.0)."""
+    return ms_ssim(standardised_luminance(a), standardised_luminance(b), window)
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:

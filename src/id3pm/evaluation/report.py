@@ -78,11 +78,11 @@ def render_report(m: dict, encoders) -> str:
             lines.append("")
     if m.get("diversity"):
         lines += ["## Diversity among samples of one identity (higher is more diverse)", "",
-                  "| method | pose (deg) | expression | emotion (TV) | 1 - MS-SSIM | LPIPS | identity spread |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| method | pose (deg) | expression | emotion (TV) | 1 - MS-SSIM | 1 - MS-SSIM, grey | LPIPS | identity spread |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, d in m["diversity"].items():
             lines.append(f"| {name} | {_fmt(d.get('pose_deg'))} | {_fmt(d.get('expression'))} | {_fmt(d.get('emotion'))} | "
-                         f"{_fmt(d.get('one_minus_ms_ssim'))} | {_fmt(d.get('lpips'))} | {_fmt(d.get('identity_spread'))} |")
+                         f"{_fmt(d.get('one_minus_ms_ssim'))} | {_fmt(d.get('one_minus_ms_ssim_grey'))} | {_fmt(d.get('lpips'))} | {_fmt(d.get('identity_spread'))} |")
         lines.append("")
     if m.get("fid"):
         lines += ["## FID, KID and precision / recall against the original crops", "",

@@ -113,6 +113,8 @@ def yardstick_table(per_set: dict[str, dict]) -> dict:
             row = rows.setdefault(method, {})
             row[f"{set_name}.pose_spread_deg"] = spread["pose_deg"]["mean"]
             row[f"{set_name}.one_minus_ms_ssim"] = spread["one_minus_ms_ssim"]["mean"]
+            if "one_minus_ms_ssim_grey" in spread:  # evaluations before period 24 lack it
+                row[f"{set_name}.one_minus_ms_ssim_grey"] = spread["one_minus_ms_ssim_grey"]["mean"]
     columns = sorted({c for r in rows.values() for c in r})
     return {"fmr": FMR, "columns": columns, "rows": rows}
 
