@@ -156,3 +156,40 @@ def test_the_script_pairs_verification_rows_of_two_runs_on_the_same_pairs(tmp_pa
     refused = subprocess.run(script + [str(tmp_path / "old"), str(tmp_path / "new"), "--verification", "--rows",
                                        "model s=2"], capture_output=True, text=True)
     assert refused.returncode != 0 and "verified different pairs" in refused.stderr
+
+
+def _sar_metrics(data: Path, encoder: str, independent: str, judges: list[str], rows: dict) -> dict:
+    """metrics.json of an evaluation whose data set was encoded by `encoder`; rows: name ->
+    {role: accepted of 10}."""
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "manifest.json").write_text(json.dumps({"encoder": {"name": encoder}}))
+    cell = lambda k: {f: {"sar": k / 10, "ci95": [max(0, k / 10 - 0.2), min(1, k / 10 + 0.1)], "n": 10}  # noqa: E731
+                      for f in ("fmr=0.01", "fmr=0.001")}
+    return {"config": {"data": str(data), "independent": independent, "judges": judges},
+            "sar_type1": {row: {role: cell(k) for role, k in per_role.items()} for row, per_role in rows.items()}}
+
+
+def test_paths_figure_names_each_evaluations_encoders_by_its_own_data_set(tmp_path):
+    # an adapter's evaluation is conditioned on the templates' FR model (mobilefacenet), the
+    # shipped model's on dlib: the figure must put each number under the encoder that judged it
+    a = tmp_path / "adapter"
+    b = tmp_path / "dlib"
+    for folder, metrics in [
+        (a, _sar_metrics(tmp_path / "mfn-data", "mobilefacenet", "faceres", ["dlib"],
+                         {"shipped s=2": {"conditioning": 8, "independent": 5, "dlib": 9}})),
+        (b, _sar_metrics(tmp_path / "dlib-data", "dlib", "faceres", ["mobilefacenet"],
+                         {"shipped s=2": {"conditioning": 10, "independent": 4, "mobilefacenet": 7}})),
+    ]:
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    fig = tmp_path / "paths.png"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "paths_figure.py"), "--out", str(fig),
+                    f"adapter|{a}|shipped s=2", f"dlib templates|{b}|shipped s=2"], check=True, capture_output=True)
+    rows = json.loads(fig.with_suffix(".json").read_text())
+    sar = lambda r, e: rows[r]["sar_type1"][e]["fmr=0.01"]["sar"]  # noqa: E731
+    assert (sar(0, "mobilefacenet"), sar(0, "faceres"), sar(0, "dlib")) == (0.8, 0.5, 0.9)
+    assert (sar(1, "mobilefacenet"), sar(1, "faceres"), sar(1, "dlib")) == (0.7, 0.4, 1.0)
+    assert fig.stat().st_size > 10_000
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "paths_figure.py"), "--out", str(fig),
+                              f"x|{a}|no such row"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no row 'no such row'" in missing.stderr
