@@ -72,8 +72,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("% of originals matched")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(rows), 4), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 * ((len(rows) + 3) // 4 + 1), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(rows), 3), fontsize=8)
+    fig.tight_layout(rect=(0, 0.055 * ((len(rows) + 2) // 3 + 1), 1, 1))
     fig.savefig(path, dpi=120)
 
 
