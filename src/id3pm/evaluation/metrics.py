@@ -79,8 +79,8 @@ def standardised_luminance(images: np.ndarray) -> np.ndarray:
 def structural_ms_ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> np.ndarray:
     """MS-SSIM of uint8 image pairs (N, H, W, 3) -> (N,) that cannot see colour, exposure
     or global contrast: both sides' standardised luminance. A sampler whose samples differ
-    mostly by colour cast scores high on 1 - MS-SSIM and not on this (period 23's prior
-    start 1.0)."""
+    mostly by colour cast scores high on 1 - MS-SSIM and not on this (what period 23
+    suspected of sampling from pure noise, prior start 1.0)."""
     return ms_ssim(standardised_luminance(a), standardised_luminance(b), window)
 
 
