@@ -49,32 +49,14 @@ def collect(specs: list[str]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    """evaluate's SAR bars (id3pm.evaluation.plots.sar_bars), one group per row."""
+    from types import SimpleNamespace
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    from id3pm.evaluation.plots import sar_bars
 
     encoders = sorted({e for r in rows for e in r["sar_type1"]})
-    fig, axes = plt.subplots(1, len(FMRS), figsize=(5.5 * len(FMRS), 3.8), sharey=True)
-    width = 0.8 / len(rows)
-    for ax, fmr in zip(axes, FMRS):
-        x = np.arange(len(encoders))
-        for k, r in enumerate(rows):
-            cells = [r["sar_type1"].get(e, {}).get(fmr) for e in encoders]
-            sar = np.array([100 * c["sar"] if c else np.nan for c in cells])
-            err = np.array([[100 * (c["sar"] - c["ci95"][0]), 100 * (c["ci95"][1] - c["sar"])] if c else [0, 0]
-                            for c in cells]).T
-            ax.bar(x + (k - (len(rows) - 1) / 2) * width, sar, width, yerr=err, capsize=2, label=r["label"])
-        ax.set_xticks(x, encoders)
-        ax.set_title(f"type-I SAR at FMR {float(fmr.split('=')[1]):.1%}")
-        ax.set_ylim(0, 105)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("% of originals matched")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(rows), 3), fontsize=8)
-    fig.tight_layout(rect=(0, 0.055 * ((len(rows) + 2) // 3 + 1), 1, 1))
-    fig.savefig(path, dpi=120)
+    sar = {r["label"]: r["sar_type1"] for r in rows}
+    sar_bars(sar, [(e, SimpleNamespace(name=e)) for e in encoders], path, label_chars=60)
 
 
 def main() -> None:

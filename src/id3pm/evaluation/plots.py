@@ -93,9 +93,10 @@ def _attack_panel(ax, sar: dict, fmr: str) -> None:
                            linewidth=0.8)
 
 
-def sar_bars(sar: dict, encoders: list, path: Path) -> None:
+def sar_bars(sar: dict, encoders: list, path: Path, label_chars: int = 22) -> None:
     """Type-I SAR of every method under every judging encoder, one panel per FMR (1% and
-    0.1%), bars with their 95% Wilson intervals. sar: {method: {encoder: sar_table}}."""
+    0.1%), bars with their 95% Wilson intervals. sar: {method: {encoder: sar_table}};
+    method names are cut to label_chars on the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +113,7 @@ def sar_bars(sar: dict, encoders: list, path: Path) -> None:
             ys = np.array([100 * r["sar"] for r in rows])
             err = np.array([[100 * (r["sar"] - r["ci95"][0]) for r in rows], [100 * (r["ci95"][1] - r["sar"]) for r in rows]])
             ax.bar(x, ys, width, yerr=err, capsize=2, label=f"{enc} ({e.name})")
-        ax.set_xticks(np.arange(len(names)), [n[:22] for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(np.arange(len(names)), [n[:label_chars] for n in names], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"type-I SAR at FMR {label}", fontsize=10)
         ax.set_ylim(0, 105)
     axes[0].set_ylabel("accepted as the person (%)")
