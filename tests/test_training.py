@@ -263,6 +263,25 @@ def test_a_warm_start_on_new_people_of_the_same_encoder_keeps_the_source_id_scal
         torch.testing.assert_close(trainer.model.state_dict()[k], v)
 
 
+def test_a_warm_start_takes_dropout_from_the_run_and_every_weight_from_the_source(trained_tiny, tmp_path):
+    """#24: continuing a model that under-fits without dropout. Dropout changes no weight, so
+    the run's --model {"dropout": ...} applies; the source's other network arguments stay."""
+    from id3pm.modeldir import load_model_dir
+    from id3pm.training import Trainer
+
+    model_dir, images, vectors = trained_tiny
+    source, _ = load_model_dir(model_dir)
+    prepare_with_vectors(tmp_path, images, vectors)
+    settings = {**TINY_TRAIN, "model": {**TINY_TRAIN["model"], "dropout": 0.3}}
+    trainer = Trainer(TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), init_from=str(model_dir),
+                                  max_steps=1, **settings))
+    assert source.config.dropout == 0.0 and trainer.model.config.dropout == 0.3
+    rates = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert 0.3 in rates  # the residual blocks' dropout layers, not only the config (attention keeps its 0)
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[k], v)
+
+
 def test_a_warm_start_on_another_encoders_vectors_keeps_every_weight_but_the_conditioning_layer(trained_tiny, tmp_path):
     """#25's fine-tune path: the same faces encoded by another FR model with a longer vector.
     The network comes along except the Linear that reads y (new, of the new length), and

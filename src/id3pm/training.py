@@ -184,6 +184,11 @@ def load_all_but_conditioning(model: IDConditionedUNet, state: dict) -> None:
                          f"unexpected {result.unexpected_keys}")
 
 
+# network arguments that change no weight: a warm start takes them from this run's --model
+# (#24: a model that under-fits may train on without dropout), everything else from the source
+WEIGHTLESS_SETTINGS = ("dropout",)
+
+
 def config_differences(a: IDConditionedUNet, b: IDConditionedUNet) -> set[str]:
     """Names of the network arguments in which two models differ (tuples and lists alike)."""
     norm = lambda c: json.loads(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}))  # noqa: E731
@@ -422,15 +427,19 @@ class Trainer:
                 same_encoder = (src_info.get("encoder", {}).get("name") == self.info["encoder"].get("name")
                                 and src.config.id_dim == model.config.id_dim)
                 id_scale = src.config.id_scale if same_encoder else model.config.id_scale
-                differs = config_differences(src, model) - {"id_scale"}
+                # what this run asks of the network that changes no weight (dropout) applies on top
+                # of the source's configuration; the rest of --model cannot apply to loaded weights
+                run_only = {k: v for k, v in cfg.model.items() if k in WEIGHTLESS_SETTINGS}
+                differs = config_differences(src, model) - {"id_scale"} - set(WEIGHTLESS_SETTINGS)
                 if differs == {"extra_cond_channels"}:  # a model without the prior, widened to take it
-                    model = IDConditionedUNet.from_config({**model.config, "id_scale": id_scale})
+                    model = IDConditionedUNet.from_config({**model.config, "id_scale": id_scale, **run_only})
                     widen_input_channels(model, src.state_dict())
                 elif "id_dim" in differs:  # another FR model's vectors (#25): the source's network, a new conditioning layer
-                    model = IDConditionedUNet.from_config({**src.config, "id_dim": model.config.id_dim, "id_scale": id_scale})
+                    model = IDConditionedUNet.from_config({**src.config, "id_dim": model.config.id_dim, "id_scale": id_scale,
+                                                           **run_only})
                     load_all_but_conditioning(model, src.state_dict())
                 else:
-                    model = IDConditionedUNet.from_config({**src.config, "id_scale": id_scale})
+                    model = IDConditionedUNet.from_config({**src.config, "id_scale": id_scale, **run_only})
                     model.load_state_dict(src.state_dict())
                 self.info["warm_start"] = {"from": cfg.init_from, "previous_training": src_info.get("training")}
         self.model = model.to(self.device)
