@@ -74,8 +74,11 @@ def test_the_script_pairs_two_models_on_the_same_images(trained_tiny, tmp_path, 
     model_dir, _, _ = trained_tiny
     prepared = model_dir.parents[1] / "prepared"
     script.main(["--data", str(prepared), "--split", "train", "--model", f"a={model_dir}", "--model", f"b={model_dir}",
-                 "--timesteps", "200", "800", "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "denoising.json").read_text())["splits"]["train"]
+                 "--timesteps", "200", "800", "--out", str(tmp_path), "--curve"])
+    written = json.loads((tmp_path / "denoising.json").read_text())
+    report = written["splits"]["train"]
+    assert [p["images_seen"] for p in written["curve"]] == [1500 * 8] * 2  # 1,500 steps of 8 images
+    assert (tmp_path / "denoising_curve.png").stat().st_size > 0
     assert report["b"]["error_change"] == [0.0, 0.0, 0.0] and report["a"]["identity_gain"] > 0
     assert (tmp_path / "denoising.png").stat().st_size > 0
     assert np.load(tmp_path / "denoising.npz")["train/b/cond"].shape == (4,)
