@@ -24,6 +24,7 @@ class TrainConfig:
     schedule: str = "cosine"  # noise schedule
     num_timesteps: int = 1000  # diffusion steps T
     vlb_weight: float = 0.001  # lambda of the hybrid loss
+    loss_weighting: str = ""  # weights of the eps loss over t (id3pm.diffusion.weighting): "" uniform, "p2", "min_snr"
     cond_drop: float = 0.1  # probability of replacing y by the null condition (classifier-free guidance)
     cond_noise: float = 0.0  # Gaussian noise on y in training, its norm this fraction of y's mean norm
     balance: str = ""  # balanced draws: "source" and/or "age" (e.g. "source,age"); empty: plain epochs

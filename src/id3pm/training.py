@@ -31,6 +31,7 @@ from id3pm.modeldir import PRESETS, save_model_dir
 from id3pm.models import IDConditionedUNet
 from id3pm.models.unet import coordinate_canvas
 from id3pm.prior import PRIOR_FOLDER, PRIOR_START, cached_prior_images, widen_input_channels
+from id3pm.diffusion.weighting import WEIGHTINGS, loss_weights
 from id3pm.prior import as_input as prior_as_input
 
 
@@ -275,7 +276,14 @@ def step_loss(cfg, model, diffusion, batch, rnd: StepRandom, info) -> dict:
             std = torch.tensor(stats["std"], device=device)
             kwargs["attributes"] = (batch["attributes"] - mean) / std
             kwargs["attr_mask"] = attribute_dropout_mask(stats["names"], b, cfg.attr_drop, rnd, device)
-    return diffusion.training_losses(lambda xt, tt: model(xt, tt, **kwargs), x0, t, noise, vlb_weight=cfg.vlb_weight)
+    return diffusion.training_losses(lambda xt, tt: model(xt, tt, **kwargs), x0, t, noise, vlb_weight=cfg.vlb_weight,
+                                     eps_weights=eps_weights(cfg, diffusion))
+
+
+def eps_weights(cfg, diffusion) -> torch.Tensor | None:
+    """The run's weights of the eps loss over t (--loss-weighting), or None for uniform."""
+    weights = loss_weights(cfg.loss_weighting, diffusion.alphas_cumprod)
+    return None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
 
 
 def regression_sr_loss(model, target: torch.Tensor, kwargs: dict) -> dict:
@@ -359,6 +367,8 @@ class Trainer:
         if cfg.lr_cooldown_minutes and not 0 < cfg.lr_cooldown_minutes <= cfg.max_minutes:
             raise ValueError(f"--lr-cooldown-minutes {cfg.lr_cooldown_minutes} needs a --max-minutes at least as long "
                              f"(got {cfg.max_minutes}): the cool-down ends with the time budget")
+        if cfg.loss_weighting not in WEIGHTINGS:  # here, not at the first step after the data loaded
+            raise ValueError(f"unknown --loss-weighting {cfg.loss_weighting!r}; choose one of {list(WEIGHTINGS)}")
         self.cfg = cfg
         self.precision = cfg.mixed_precision
         if self.precision == "auto":  # bf16 only where it is fast: GPU, or a CPU with native bf16

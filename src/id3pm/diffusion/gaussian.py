@@ -119,13 +119,17 @@ class GaussianDiffusion:
         t: torch.Tensor,
         noise: torch.Tensor,
         vlb_weight: float = 0.001,
+        eps_weights: torch.Tensor | None = None,
     ) -> dict:
         """Hybrid loss per sample: mean squared eps error + vlb_weight * T * L_{t-1}
-        (L_vlb sums T terms; sampling one t uniformly estimates it as T * L_{t-1})."""
+        (L_vlb sums T terms; sampling one t uniformly estimates it as T * L_{t-1}).
+        eps_weights: (T,) weights of the eps error at each t (id3pm.diffusion.weighting);
+        "mse" stays the unweighted error, for logs that compare runs."""
         xt = self.q_sample(x0, t, noise)
         output = model_fn(xt, self.model_timesteps(t)).float()
         eps, v = output[:, :3], output[:, 3:6]
         mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
         # Stop-gradient on eps: L_vlb trains only the variance (improved DDPM, Sec. 3.1).
         vb = self.vb_term(torch.cat([eps.detach(), v], dim=1), x0, xt, t)
-        return {"loss": mse + vlb_weight * self.num_timesteps * vb, "mse": mse, "vb": vb}
+        weighted = mse if eps_weights is None else eps_weights.to(mse.device)[t] * mse
+        return {"loss": weighted + vlb_weight * self.num_timesteps * vb, "mse": mse, "vb": vb}
