@@ -539,6 +539,7 @@ class Trainer:
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
             "lr_cooldown_minutes": cfg.lr_cooldown_minutes,
+            "loss_weighting": cfg.loss_weighting or "uniform",  # id3pm.diffusion.weighting
             "last_lr": self.optimizer.param_groups[0]["lr"],
             "mixed_precision": self.precision,
             "device": torch.cuda.get_device_name() if self.device.type == "cuda" else f"cpu ({cpu_description()})",
