@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from id3pm.data.dataset import PreparedDataset
-from id3pm.evaluation.denoising import DEFAULT_TIMESTEPS, denoising_errors, paired_change
+from id3pm.evaluation.denoising import DEFAULT_TIMESTEPS, denoising_errors
+from id3pm.evaluation.paired import paired_change
 from id3pm.pipeline import ID3PMPipeline
 
 

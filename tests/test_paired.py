@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from id3pm.evaluation.paired import align, mcnemar_exact_p, paired_accuracy, paired_comparison
+from id3pm.evaluation.paired import align, mcnemar_exact_p, paired_accuracy, paired_change, paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +20,17 @@ def test_mcnemar_exact_p_is_the_two_sided_binomial_test_on_the_discordant_pairs(
     expected = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
     assert mcnemar_exact_p(b, c) == pytest.approx(expected)
     assert mcnemar_exact_p(c, b) == pytest.approx(expected)
+
+
+def test_paired_change_is_the_mean_difference_with_the_t_free_normal_interval():
+    before, after = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.1, 3.9, 4.2])
+    diffs = [0.5, 0.1, 0.9, 0.2]  # by hand
+    mean = sum(diffs) / 4
+    sd = (sum((d - mean) ** 2 for d in diffs) / 3) ** 0.5
+    change, low, high = paired_change(before, after)
+    assert change == pytest.approx(0.425)
+    assert (low, high) == pytest.approx((mean - 1.959964 * sd / 2, mean + 1.959964 * sd / 2))
+    assert np.isnan(paired_change([1.0], [2.0])[1])  # one item: no interval
 
 
 def test_paired_comparison_counts_discordant_originals_and_the_mean_change():

@@ -98,10 +98,3 @@ def denoising_errors(pipe, images: np.ndarray, vectors: np.ndarray, timesteps=DE
             cond[k, part] = ((knowing(xt, model_t)[:, :3].float() - eps) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
             null[k, part] = ((dropped(xt, model_t)[:, :3].float() - eps) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
     return DenoisingErrors(timesteps, cond.mean(0), null.mean(0), cond.mean(1), null.mean(1))
-
-
-def paired_change(before: np.ndarray, after: np.ndarray, z: float = 1.959964) -> tuple[float, float, float]:
-    """Mean of after - before over the same images, with its normal 95% interval."""
-    diff = np.asarray(after, np.float64) - np.asarray(before, np.float64)
-    half = z * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return float(diff.mean()), float(diff.mean() - half), float(diff.mean() + half)

@@ -32,6 +32,14 @@ def mcnemar_exact_p(only_before: int, only_after: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired_change(before: np.ndarray, after: np.ndarray, z: float = 1.959964) -> tuple[float, float, float]:
+    """Mean of after - before over the same items, with its normal 95% interval (NaN
+    bounds for a single item)."""
+    diff = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    half = z * diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+    return float(diff.mean()), float(diff.mean() - half), float(diff.mean() + half)
+
+
 def paired_comparison(before: np.ndarray, after: np.ndarray, threshold: float, z: float = 1.959964) -> dict:
     """before, after: distances of the same originals in the same order (NaN: no face in
     the reconstruction, a rejected attack and no distance). Accept d < threshold."""
@@ -39,8 +47,7 @@ def paired_comparison(before: np.ndarray, after: np.ndarray, threshold: float, z
     if before.shape != after.shape:
         raise ValueError(f"paired comparison needs the same originals: {before.shape} vs {after.shape}")
     ok = np.isfinite(before) & np.isfinite(after)
-    diff = after[ok] - before[ok]
-    half = z * diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+    change, low, high = paired_change(before[ok], after[ok], z)
     accepted_before = np.nan_to_num(before, nan=np.inf) < threshold
     accepted_after = np.nan_to_num(after, nan=np.inf) < threshold
     only_before = int((accepted_before & ~accepted_after).sum())
@@ -50,8 +57,8 @@ def paired_comparison(before: np.ndarray, after: np.ndarray, threshold: float, z
         "n_distance_pairs": int(ok.sum()),
         "distance_before": float(before[ok].mean()),
         "distance_after": float(after[ok].mean()),
-        "distance_change": float(diff.mean()),
-        "distance_change_ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+        "distance_change": change,
+        "distance_change_ci95": [low, high],
         "sar_before": float(accepted_before.mean()),
         "sar_after": float(accepted_after.mean()),
         "accepted_only_before": only_before,
@@ -68,15 +75,14 @@ def paired_accuracy(correct_before: np.ndarray, correct_after: np.ndarray, z: fl
     before, after = np.asarray(correct_before, bool), np.asarray(correct_after, bool)
     if before.shape != after.shape:
         raise ValueError(f"paired accuracy needs the same pairs: {before.shape} vs {after.shape}")
-    diff = after.astype(float) - before.astype(float)
-    half = z * diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+    change, low, high = paired_change(before.astype(float), after.astype(float), z)
     only_before, only_after = int((before & ~after).sum()), int((after & ~before).sum())
     return {
-        "n": len(diff),
+        "n": len(before),
         "accuracy_before": float(before.mean()),
         "accuracy_after": float(after.mean()),
-        "change": float(diff.mean()),
-        "change_ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+        "change": change,
+        "change_ci95": [low, high],
         "right_only_before": only_before,
         "right_only_after": only_after,
         "mcnemar_p": mcnemar_exact_p(only_before, only_after),
