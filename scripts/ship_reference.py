@@ -33,11 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LOG_HEADER = "## Training log of the reference model"
 # evaluation rows logged next to the model's
 BASELINE_ROWS = ["regression decoder", "nearest neighbour", "random training image"]
+# the training log's columns: the model at the default guidance (the bar's setting; other
+# scales are in the report only), then the baselines ('-' where one was not run)
+LOG_ROWS = ["model s=2", *BASELINE_ROWS]
 COMPARED_ROWS = ["model s=1", "model s=2", "model s=4"]  # paired against the previous period
 
 
-def evaluate(model: Path, data: str, out: Path, limit: int, guidance: list[float]) -> dict:
-    baselines = ["nn", "random", "real"]
+def evaluate(model: Path, data: str, out: Path, limit: int, guidance: list[float], baselines: list[str]) -> dict:
+    baselines = list(baselines)
     if prior_folder(model).exists():  # the regression decoder g(y) that the model refines, as a row of its own
         baselines.append(f"regression={prior_folder(model)}")
     cfg = EvalConfig(out=str(out), models=[f"model={model}"], data=data, limit=limit, guidance=guidance,
@@ -91,18 +94,14 @@ def print_comparison(before: Path | None, after: Path) -> None:
         print(f"no paired comparison with {before}: {err}")
 
 
-def log_columns(metrics: dict) -> list[str]:
-    """The evaluation rows that get a cell in the training log: the model's, then the baselines."""
-    # the model at the default guidance (the bar's setting); other scales are in the report only
-    return [k for k in metrics["identity"] if k == "model s=2"] + [b for b in BASELINE_ROWS if b in metrics["identity"]]
-
-
 def log_row(metrics: dict, info: dict, limit: int) -> str:
     t = info["training"]
     sar = metrics["sar_type1"]
     ident = metrics["identity"]
 
     def cell(name: str) -> str:
+        if name not in ident:
+            return "-"
         d = ident[name]
         s = sar[name]
         parts = []
@@ -112,7 +111,7 @@ def log_row(metrics: dict, info: dict, limit: int) -> str:
         return " · ".join(parts)
 
     date = datetime.date.today().isoformat()
-    cells = " | ".join(cell(m) for m in log_columns(metrics))
+    cells = " | ".join(cell(m) for m in LOG_ROWS)
     # the whole lineage (warm starts) and the regression prior's training count too
     images, steps = t.get("total_images_seen", t["images_seen"]), t.get("total_steps", t["steps"])
     hours = (t.get("total_train_seconds", t["train_seconds"]) + t.get("prior_train_seconds", 0.0)) / 3600
@@ -120,12 +119,12 @@ def log_row(metrics: dict, info: dict, limit: int) -> str:
             f"{t['last_loss']:.4f} | {limit} | {cells} |")
 
 
-def append_log(row: str, columns: list[str]) -> None:
+def append_log(row: str) -> None:
     path = ROOT / "docs" / "results.md"
     text = path.read_text()
     if LOG_HEADER not in text:
         head = ("| date | images seen | steps | CPU hours | device | loss | holdout ids | "
-                + " | ".join(f"{c}: dlib dist / SAR@1% · faceres dist / SAR@1%" for c in columns) + " |")
+                + " | ".join(f"{c}: dlib dist / SAR@1% · faceres dist / SAR@1%" for c in LOG_ROWS) + " |")
         text = text.rstrip() + (f"\n\n{LOG_HEADER}\n\nOne row per working period (scripts/ship_reference.py); "
                                 "the run continues from period to period. Identity distance to the original "
                                 "(mean) and type-I SAR at FMR 1% under the conditioning encoder (dlib) and the "
@@ -152,6 +151,9 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--limit", type=int, default=200, help="holdout identities")
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="scales to evaluate (2 is logged)")
+    p.add_argument("--baselines", default="nn,random,real",
+                   help="comma-separated baselines; 'real' alone for a holdout-only prepared set (no training "
+                        "images to retrieve from)")
     p.add_argument("--eval-out", type=Path, default=Path.home() / ".cache" / "id3pm" / "eval")
     p.add_argument("--weights", type=Path, default=ROOT / "weights" / "id3pm-utkface-32")
     p.add_argument("--no-log", action="store_true", help="measure and ship, but add no training-log row")
@@ -162,7 +164,7 @@ def main() -> None:
     out = args.eval_out / datetime.datetime.now().strftime("%Y%m%d-%H%M")
     model = args.measure or args.run / "model"
     before = previous_evaluation(args.eval_out, out, args.limit)
-    metrics = evaluate(model, args.data, out, args.limit, args.guidance)
+    metrics = evaluate(model, args.data, out, args.limit, args.guidance, [b for b in args.baselines.split(",") if b])
     info = read_info(model)
     names = {"conditioning": info["encoder"]["name"], "independent": "faceres"}
     summary = {name: {enc: {"identity_mean": metrics["identity"][name][enc]["mean"],
@@ -176,7 +178,7 @@ def main() -> None:
         ship(args.run, args.weights, extra)
     row = log_row(metrics, info, args.limit)
     if not args.no_log:
-        append_log(row, log_columns(metrics))
+        append_log(row)
     print((out / "report.md").read_text())
     print(row)
     print(json.dumps(extra["thresholds"]))

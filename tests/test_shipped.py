@@ -46,6 +46,30 @@ def test_a_training_log_row_lands_in_the_table_not_under_its_notes():
     assert lines[-4:] == ["| d1 | 1 |", "| d2 | 2 |", "", "Period 1: notes."]
 
 
+def test_a_training_log_row_keeps_its_columns_when_baselines_were_not_run():
+    """A holdout-only prepared set has no training images to retrieve from: the row says '-'
+    there, so that the later cells stay under their headers."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ship_reference", Path(__file__).parents[1] / "scripts" / "ship_reference.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    def row(dist):
+        return {enc: {"mean": dist} for enc in ("conditioning", "independent")}
+
+    def sar(rate):
+        return {enc: {"fmr=0.01": {"sar": rate}} for enc in ("conditioning", "independent")}
+
+    metrics = {"identity": {"model s=2": row(0.45), "regression decoder": row(0.57)},
+               "sar_type1": {"model s=2": sar(0.9), "regression decoder": sar(0.37)}}
+    info = {"training": {"images_seen": 64, "steps": 1, "train_seconds": 3600.0, "device": "cpu", "last_loss": 0.05}}
+    cells = ship.log_row(metrics, info, 500).strip("| ").split(" | ")
+    assert cells[-4:] == ["0.450 / 90.0% · 0.450 / 90.0%", "0.570 / 37.0% · 0.570 / 37.0%", "-", "-"]
+    assert len(cells) == 7 + len(ship.LOG_ROWS)  # date .. holdout ids, then one per logged row
+
+
 def test_the_learning_curve_reads_the_logs_first_table_only(tmp_path):
     import importlib.util
     from pathlib import Path
