@@ -147,7 +147,7 @@ def insert_row(text: str, row: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run", type=Path, help="the training run whose export (RUN/model) ships")
     p.add_argument("--data", required=True)
     p.add_argument("--limit", type=int, default=200, help="holdout identities")
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0], help="scales to evaluate (2 is logged)")
@@ -160,6 +160,8 @@ def main() -> None:
     p.add_argument("--measure", type=Path, help="measure this model folder (e.g. the shipped one) and log its "
                    "row; ship nothing")
     args = p.parse_args()
+    if (args.run is None) == (args.measure is None):
+        p.error("give --run (measure and ship its export) or --measure (measure a model folder only)")
 
     out = args.eval_out / datetime.datetime.now().strftime("%Y%m%d-%H%M")
     model = args.measure or args.run / "model"

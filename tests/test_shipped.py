@@ -2,6 +2,7 @@
 most 16 MiB, 24 MiB in all (it travels with the working tree), and it loads and draws."""
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 
 from id3pm.modeldir import shipped_path
@@ -68,6 +69,20 @@ def test_a_training_log_row_keeps_its_columns_when_baselines_were_not_run():
     cells = ship.log_row(metrics, info, 500).strip("| ").split(" | ")
     assert cells[-4:] == ["0.450 / 90.0% · 0.450 / 90.0%", "0.570 / 37.0% · 0.570 / 37.0%", "-", "-"]
     assert len(cells) == 7 + len(ship.LOG_ROWS)  # date .. holdout ids, then one per logged row
+
+
+def test_ship_reference_wants_a_run_to_ship_or_a_model_to_measure(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ship_reference", Path(__file__).parents[1] / "scripts" / "ship_reference.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    for argv in (["--data", "d"], ["--data", "d", "--run", "r", "--measure", "m"]):
+        monkeypatch.setattr("sys.argv", ["ship_reference.py", *argv])
+        with pytest.raises(SystemExit):
+            ship.main()
+        assert "give --run (measure and ship its export) or --measure" in capsys.readouterr().err
 
 
 def test_the_learning_curve_reads_the_logs_first_table_only(tmp_path):
