@@ -22,7 +22,7 @@ def test_mcnemar_exact_p_is_the_two_sided_binomial_test_on_the_discordant_pairs(
     assert mcnemar_exact_p(c, b) == pytest.approx(expected)
 
 
-def test_paired_change_is_the_mean_difference_with_the_t_free_normal_interval():
+def test_paired_change_is_the_mean_difference_with_its_normal_interval():
     before, after = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.1, 3.9, 4.2])
     diffs = [0.5, 0.1, 0.9, 0.2]  # by hand
     mean = sum(diffs) / 4
