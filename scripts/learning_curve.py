@@ -24,10 +24,10 @@ from ship_reference import LOG_HEADER  # noqa: E402
 CELL = re.compile(r"([\d.]+) / ([\d.]+)% · ([\d.]+) / ([\d.]+)%")  # dlib dist / SAR · faceres dist / SAR
 
 
-def log_rows(text: str) -> list[dict]:
-    """The log table's rows as {column: cell}; method cells parsed into distances and SARs."""
+def markdown_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The first Markdown table under a heading line, as one {header: cell} per row."""
     lines = text.split("\n")
-    start = lines.index(LOG_HEADER)
+    start = lines.index(heading)
     table = []
     for line in lines[start + 1 :]:
         if line.startswith("|"):
@@ -35,9 +35,13 @@ def log_rows(text: str) -> list[dict]:
         elif table:
             break
     header = [c.strip() for c in table[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in table[2:]]
+
+
+def log_rows(text: str) -> list[dict]:
+    """The log table's rows; method cells parsed into distances and SARs."""
     rows = []
-    for line in table[2:]:
-        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+    for cells in markdown_table(text, LOG_HEADER):
         row = {"date": cells["date"], "images": int(cells["images seen"].replace(",", "")),
                "steps": int(cells["steps"].replace(",", "")), "cpu_hours": float(cells["CPU hours"])}
         for name, cell in cells.items():

@@ -103,6 +103,31 @@ def test_the_learning_curve_reads_the_logs_first_table_only(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+def test_the_yardstick_curve_takes_the_600_pair_rows_and_draws_references_as_lines(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    scripts = Path(__file__).parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location("yardstick_curve", scripts / "yardstick_curve.py")
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    head = f"| run | method | {curve.ACCURACY} | pose |\n|---|---|---|---|\n"
+    text = (f"# R\n\n{curve.YARDSTICK_HEADER}\n\nintro\n\n{head}"
+            "| p16 (d), 200 pairs | wild16 s=2 | 91.5 / 73.5 | 18.8 |\n"      # fewer pairs: not on the curve
+            "| p23 (d), **600 pairs** | plain s=2 | 92.5 / 78.7 | 19.6 |\n"
+            "| p23 (d), the same 600 pairs | shipped s=2 | 92.8 / 79.2 | 21.1 |\n"
+            "| p26 (d), 100 photos, no pairs | p26 s=2 | - / - | - |\n"          # not measured: skipped
+            "| p27 (d), 600 pairs | p27 s=2 | 94.0 / 81.5 | 20.0 |\n"
+            "| p27 (d), 600 pairs | real (original crop) | 97.3 / 84.3 | - |\n\nnotes\n")
+    rows = curve.curve_rows(text)
+    assert [(r["period"], r["method"]) for r in rows] == [("p23", "plain s=2"), ("p23", "shipped s=2"),
+                                                         ("p27", "p27 s=2"), ("p27", "real (original crop)")]
+    assert rows[2]["dlib"] == 94.0 and rows[2]["faceres"] == 81.5
+    assert [curve.reference_of(r) for r in rows] == [None, "shipped model (period 12)", None, "real crop at 32 px"]
+    curve.plot(rows, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
 def test_the_shipped_upsampler_is_small_fp16_fits_the_base_model_and_beats_lanczos_on_a_real_face():
     """weights/id3pm-celeba-sr128 (#26): fp16, within the size budget, picked by default for
     the shipped base model with its measured sampling settings; on the astronaut's 32 px
