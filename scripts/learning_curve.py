@@ -5,7 +5,8 @@
 Type-I SAR at FMR 1% of the model at guidance 2 against images seen, under the
 conditioning encoder (dlib) and the independent one (faceres), with nearest-neighbour
 retrieval and the bar (dlib 90%) as reference lines. Reads the first table under the
-log's heading (the rows on 500 random holdout identities), so it never disagrees with it.
+log's heading, its rows on 500 random holdout identities (--holdout-ids), so it never
+disagrees with it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def log_rows(text: str) -> list[dict]:
     rows = []
     for cells in markdown_table(text, LOG_HEADER):
         row = {"date": cells["date"], "images": int(cells["images seen"].replace(",", "")),
-               "steps": int(cells["steps"].replace(",", "")), "cpu_hours": float(cells["CPU hours"])}
+               "steps": int(cells["steps"].replace(",", "")), "cpu_hours": float(cells["CPU hours"]),
+               "holdout_ids": int(cells.get("holdout ids", "500"))}
         for name, cell in cells.items():
             m = CELL.fullmatch(cell)
             if m:
@@ -82,8 +84,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "learning_curve.png")
+    p.add_argument("--holdout-ids", type=int, default=500, help="the rows measured on this many identities")
     args = p.parse_args()
-    rows = log_rows(args.results.read_text())
+    # one fixed sample per curve: a row measured on fewer holdout identities is another sample
+    rows = [r for r in log_rows(args.results.read_text()) if r["holdout_ids"] == args.holdout_ids]
     print("| images seen | steps | CPU hours | dlib SAR@1% | faceres SAR@1% | dlib dist | faceres dist |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
