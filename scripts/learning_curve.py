@@ -75,15 +75,27 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_title("Reference model, 500 random UTKFace holdout identities")
     ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def curve_parser(description: str, figure: str) -> argparse.ArgumentParser:
+    """The arguments of a curve script: the results file it reads, the figure it writes."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "learning_curve.png")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / figure)
+    return p
+
+
+def main() -> None:
+    p = curve_parser(__doc__.splitlines()[0], "learning_curve.png")
     p.add_argument("--holdout-ids", type=int, default=500, help="the rows measured on this many identities")
     args = p.parse_args()
     # one fixed sample per curve: a row measured on fewer holdout identities is another sample

@@ -11,7 +11,6 @@ the log's table, so it never disagrees with it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from learning_curve import markdown_table  # noqa: E402
+from learning_curve import curve_parser, markdown_table, save_figure  # noqa: E402
 
 YARDSTICK_HEADER = "### The yardstick log (from period 15)"
 ACCURACY = "CelebA acc, real-pair thr. (dlib / faceres)"
@@ -66,16 +65,11 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{enc}: CelebA test pairs, first image replaced")
         ax.set_ylabel("verification accuracy, real-pair thresholds (%)")
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "yardstick_curve.png")
-    args = p.parse_args()
+    args = curve_parser(__doc__.splitlines()[0], "yardstick_curve.png").parse_args()
     rows = curve_rows(args.results.read_text())
     print("| period | method | dlib | faceres |\n|---|---|---|---|")
     for r in rows:
