@@ -21,6 +21,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STRICT = os.environ.get("ID3PM_NO_ASSET_SKIPS") == "1"  # set by .ci/run: a missing asset fails, never skips
 
 
+def load_script(name: str):
+    """A script of scripts/ (not a package) as a module, for tests of its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def missing_asset(reason: str):
     """A test that needs an optional asset (../shared data, faceres models, node, Chromium)
     skips with the reason on a developer's machine, and FAILS under ID3PM_NO_ASSET_SKIPS=1,

@@ -5,6 +5,7 @@ same seed must give the same noise to every model so that errors pair up."""
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,9 @@ def test_the_same_seed_gives_the_same_errors_and_bad_input_is_refused(tiny_pipe)
 def test_the_script_pairs_two_models_on_the_same_images(trained_tiny, tmp_path, capsys):
     """scripts/denoising_errors.py: a model against itself changes by exactly 0, and the
     table, JSON, arrays and plot are written."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("denoising_script", Path(__file__).parents[1] / "scripts" / "denoising_errors.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("denoising_errors")
     model_dir, _, _ = trained_tiny
     prepared = model_dir.parents[1] / "prepared"
     script.main(["--data", str(prepared), "--split", "train", "--model", f"a={model_dir}", "--model", f"b={model_dir}",

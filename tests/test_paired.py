@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import binomtest
 
 from id3pm.evaluation.paired import align, mcnemar_exact_p, paired_accuracy, paired_change, paired_comparison
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,12 +117,9 @@ def test_the_script_compares_rows_of_two_evaluation_folders(tmp_path):
 
 
 def test_ship_reference_compares_with_the_newest_earlier_evaluation_of_the_same_sample(tmp_path, capsys):
-    import importlib.util
     import os
 
-    spec = importlib.util.spec_from_file_location("ship_reference", ROOT / "scripts" / "ship_reference.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_script("ship_reference")
     keys = ["a", "b"]
     rows = {"model s=2 | conditioning": np.array([0.5, 0.6])}
     thr = {"conditioning": 0.542}

@@ -6,6 +6,7 @@ import pytest
 from safetensors import safe_open
 
 from id3pm.modeldir import shipped_path
+from conftest import load_script
 
 MiB = 2**20
 
@@ -36,12 +37,7 @@ def test_the_shipped_model_is_small_fp16_and_draws():
 
 
 def test_a_training_log_row_lands_in_the_table_not_under_its_notes():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("ship_reference", Path(__file__).parents[1] / "scripts" / "ship_reference.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_script("ship_reference")
     text = f"# Results\n\n{ship.LOG_HEADER}\n\nintro\n\n| date | x |\n|---|---|\n| d1 | 1 |\n\nPeriod 1: notes.\n"
     lines = ship.insert_row(text, "| d2 | 2 |").splitlines()
     assert lines[-4:] == ["| d1 | 1 |", "| d2 | 2 |", "", "Period 1: notes."]
@@ -50,12 +46,7 @@ def test_a_training_log_row_lands_in_the_table_not_under_its_notes():
 def test_a_training_log_row_keeps_its_columns_when_baselines_were_not_run():
     """A holdout-only prepared set has no training images to retrieve from: the row says '-'
     there, so that the later cells stay under their headers."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("ship_reference", Path(__file__).parents[1] / "scripts" / "ship_reference.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_script("ship_reference")
 
     def row(dist):
         return {enc: {"mean": dist} for enc in ("conditioning", "independent")}
@@ -72,12 +63,7 @@ def test_a_training_log_row_keeps_its_columns_when_baselines_were_not_run():
 
 
 def test_ship_reference_wants_a_run_to_ship_or_a_model_to_measure(monkeypatch, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("ship_reference", Path(__file__).parents[1] / "scripts" / "ship_reference.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_script("ship_reference")
     for argv in (["--data", "d"], ["--data", "d", "--run", "r", "--measure", "m"]):
         monkeypatch.setattr("sys.argv", ["ship_reference.py", *argv])
         with pytest.raises(SystemExit):
@@ -86,13 +72,7 @@ def test_ship_reference_wants_a_run_to_ship_or_a_model_to_measure(monkeypatch, c
 
 
 def test_the_learning_curve_reads_the_logs_first_table_only(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    scripts = Path(__file__).parents[1] / "scripts"
-    spec = importlib.util.spec_from_file_location("learning_curve", scripts / "learning_curve.py")
-    curve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(curve)
+    curve = load_script("learning_curve")
     head = "| date | images seen | steps | CPU hours | model s=2: dlib dist / SAR@1% · faceres dist / SAR@1% |\n|---|---|---|---|---|\n"
     text = (f"# R\n\n{curve.LOG_HEADER}\n\nintro\n\n{head}| d1 | 1,000 | 10 | 0.50 | 0.556 / 37.2% · 0.459 / 28.4% |\n"
             f"| d2 | 3,000 | 30 | 1.25 | 0.485 / 80.4% · 0.401 / 56.4% |\n\nnotes\n\n{head}| old | 5 | 5 | 0.1 | 0.9 / 0.0% · 0.9 / 0.0% |\n")
@@ -104,13 +84,7 @@ def test_the_learning_curve_reads_the_logs_first_table_only(tmp_path):
 
 
 def test_the_yardstick_curve_takes_the_600_pair_rows_and_draws_references_as_lines(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    scripts = Path(__file__).parents[1] / "scripts"
-    spec = importlib.util.spec_from_file_location("yardstick_curve", scripts / "yardstick_curve.py")
-    curve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(curve)
+    curve = load_script("yardstick_curve")
     head = f"| run | method | {curve.ACCURACY} | pose |\n|---|---|---|---|\n"
     text = (f"# R\n\n{curve.YARDSTICK_HEADER}\n\nintro\n\n{head}"
             "| p16 (d), 200 pairs | wild16 s=2 | 91.5 / 73.5 | 18.8 |\n"      # fewer pairs: not on the curve
